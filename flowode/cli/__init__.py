@@ -1,0 +1,54 @@
+"""The ``flowode`` command line.
+
+Each subcommand is one module in this package with two functions::
+
+    add_parser(subparsers) -> argparse.ArgumentParser   # registers the subcommand and its flags
+    run(args) -> int                                     # does the work, returns the exit status
+
+and one line in :data:`COMMANDS`. ``flowode <command> --help`` documents every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+#: subcommand modules, in the order ``flowode --help`` lists them
+COMMANDS = ["demo", "solvers"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowode",
+        description="Diffusion models as probability-flow ODEs: sample, compare solvers, encode/decode.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"flowode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"{__name__}.{name}")
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, TypeError) as exc:  # user errors: one clear line, no traceback
+        print(f"flowode {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

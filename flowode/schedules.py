@@ -1,0 +1,457 @@
+"""Noise schedules and the maps between native time ``t``, ``sigma`` and ``lambda``.
+
+Notation (DESIGN.md section 1). A variance-preserving (VP) forward process is
+
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
+
+with signal scale ``alpha_t = sqrt(abar_t)``, the DDIM noise level
+``sigma_t = sqrt((1 - abar_t) / abar_t)`` (noise-to-signal ratio, Song et al. 2021, eq. 14)
+and the half log-SNR ``lambda_t = -log sigma_t`` (Lu et al. 2022, DPM-Solver, sec. 3.1).
+Variance-exploding (VE) and EDM schedules have ``alpha = 1`` and their own ``sigma``.
+
+Every schedule therefore maps to the same ``(xbar, sigma)`` picture with ``xbar = x / alpha``;
+solvers only ever need ``alpha`` as a function of ``sigma`` (:meth:`Schedule.alpha_from_sigma`),
+which depends on the family (VP or VE) but not on the particular schedule.
+
+All time-like quantities are computed in float64, whatever dtype the state uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+from torch import Tensor
+
+Number = Union[float, int, Tensor]
+
+__all__ = [
+    "Schedule",
+    "VPSchedule",
+    "DiscreteVPSchedule",
+    "LinearVPSchedule",
+    "CosineVPSchedule",
+    "VESchedule",
+    "EDMSchedule",
+    "sigma_to_lambda",
+    "lambda_to_sigma",
+]
+
+
+def _f64(value: Number) -> Tensor:
+    """Return ``value`` as a float64 tensor (time-like quantities are always float64)."""
+    if isinstance(value, Tensor):
+        return value.to(torch.float64)
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def _like(result: Tensor, value: Number) -> Number:
+    """Return a Python float when the caller passed a Python number, else the tensor."""
+    if isinstance(value, Tensor):
+        return result
+    return float(result)
+
+
+def sigma_to_lambda(sigma: Number) -> Number:
+    """Half log-SNR ``lambda = -log(sigma)``; ``sigma = 0`` maps to ``+inf``."""
+    return _like(-torch.log(_f64(sigma)), sigma)
+
+
+def lambda_to_sigma(lam: Number) -> Number:
+    """Inverse of :func:`sigma_to_lambda`: ``sigma = exp(-lambda)``."""
+    return _like(torch.exp(-_f64(lam)), lam)
+
+
+class Schedule:
+    """A noise schedule: ``sigma(t)``, its inverse ``t(sigma)`` and ``alpha`` as a function of ``sigma``.
+
+    Subclasses implement :meth:`_sigma`, :meth:`_t` and :meth:`_dsigma_dt` on float64 tensors; the
+    public methods accept Python numbers or tensors and return the same kind.
+
+    Attributes:
+        family: ``"vp"`` (``alpha = 1 / sqrt(1 + sigma^2)``) or ``"ve"`` (``alpha = 1``).
+        t_min, t_max: the native time range on which the network was trained.
+        discrete: ``True`` when the network was trained on integer timesteps.
+    """
+
+    family: str = "vp"
+    discrete: bool = False
+    t_min: float = 0.0
+    t_max: float = 1.0
+    default_spacing: str = "uniform_t"
+
+    # ---------------------------------------------------------------- subclass hooks
+    def _sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _t(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _dsigma_dt(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- public maps
+    def sigma(self, t: Number) -> Number:
+        """Noise level ``sigma`` at native time ``t`` (float or tensor, float64 result)."""
+        return _like(self._sigma(_f64(t)), t)
+
+    def t(self, sigma: Number) -> Number:
+        """Native time at noise level ``sigma``; exact inverse of :meth:`sigma`."""
+        return _like(self._t(_f64(sigma)), sigma)
+
+    def lam(self, t: Number) -> Number:
+        """Half log-SNR ``lambda_t = -log sigma_t``."""
+        return _like(-torch.log(self._sigma(_f64(t))), t)
+
+    def t_from_lambda(self, lam: Number) -> Number:
+        """Inverse of :meth:`lam`."""
+        return _like(self._t(torch.exp(-_f64(lam))), lam)
+
+    def alpha(self, t: Number) -> Number:
+        """Signal scale ``alpha_t`` (``sqrt(abar_t)`` for VP, 1 for VE)."""
+        return _like(self.alpha_from_sigma(self._sigma(_f64(t))), t)
+
+    def dsigma_dt(self, t: Number) -> Number:
+        """Derivative ``d sigma / d t`` (piecewise constant slope for discrete schedules)."""
+        return _like(self._dsigma_dt(_f64(t)), t)
+
+    def dlog_alpha_dt(self, t: Number) -> Number:
+        """Derivative ``d log alpha / d t`` by the chain rule through ``sigma``."""
+        tt = _f64(t)
+        s = self._sigma(tt)
+        return _like(self.dlog_alpha_dsigma(s) * self._dsigma_dt(tt), t)
+
+    def alpha_from_sigma(self, sigma: Number) -> Number:
+        """``alpha`` as a function of ``sigma``: ``1/sqrt(1+sigma^2)`` (VP) or 1 (VE)."""
+        s = _f64(sigma)
+        if self.family == "vp":
+            out = torch.rsqrt(1.0 + s * s)
+        else:
+            out = torch.ones_like(s)
+        return _like(out, sigma)
+
+    def std_from_sigma(self, sigma: Number) -> Number:
+        """Marginal standard deviation of the noise in ``x``: ``alpha * sigma``.
+
+        Written as ``1/sqrt(1 + sigma^-2)`` for VP so that ``sigma = inf`` (zero terminal SNR)
+        gives 1 and ``sigma = 0`` gives 0 without ``0 * inf``.
+        """
+        s = _f64(sigma)
+        if self.family == "vp":
+            out = torch.rsqrt(1.0 + torch.reciprocal(s * s))
+        else:
+            out = s.clone()
+        return _like(out, sigma)
+
+    def dlog_alpha_dsigma(self, sigma: Number) -> Number:
+        """``d log alpha / d sigma``: ``-sigma / (1 + sigma^2)`` for VP, 0 for VE."""
+        s = _f64(sigma)
+        out = -s / (1.0 + s * s) if self.family == "vp" else torch.zeros_like(s)
+        return _like(out, sigma)
+
+    @property
+    def sigma_min(self) -> float:
+        """Smallest noise level the network was trained on (``sigma(t_min)``)."""
+        return float(self._sigma(_f64(self.t_min)))
+
+    @property
+    def sigma_max(self) -> float:
+        """Largest noise level the network was trained on (``sigma(t_max)``); may be ``inf``."""
+        return float(self._sigma(_f64(self.t_max)))
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return (
+            f"{type(self).__name__}(family={self.family!r}, t=[{self.t_min:g}, {self.t_max:g}], "
+            f"sigma=[{self.sigma_min:.4g}, {self.sigma_max:.4g}])"
+        )
+
+
+class VPSchedule(Schedule):
+    """Variance-preserving schedule: ``alpha = 1/sqrt(1 + sigma^2)``."""
+
+    family = "vp"
+
+    def alphas_cumprod(self, t: Number) -> Number:
+        """``abar_t = alpha_t^2 = 1 / (1 + sigma_t^2)``."""
+        s = self._sigma(_f64(t))
+        return _like(1.0 / (1.0 + s * s), t)
+
+
+# ---------------------------------------------------------------------------------------------
+class DiscreteVPSchedule(VPSchedule):
+    """Discrete-time VP schedule of a DDPM network trained on integer timesteps ``0..N-1``.
+
+    ``abar_n = prod_{i<=n} (1 - beta_i)`` (Ho et al. 2020, eq. 4). Between integer timesteps
+    ``log abar`` is interpolated piecewise-linearly in ``t`` (as DPM-Solver's discrete
+    ``NoiseScheduleVP`` does), so ``sigma(t)`` is defined for real ``t`` in ``[0, N-1]`` and
+    :meth:`t` inverts it exactly at the integer knots: the sigma of an integer timestep maps back
+    to exactly that integer.
+
+    With ``zero_terminal_snr=True`` (or :meth:`rescale_zero_terminal_snr`) the last
+    ``abar`` is 0 and ``sigma(N-1) = inf``; on the last interval ``abar`` (not its log, which is
+    ``-inf`` there) is interpolated linearly.
+
+    Args:
+        betas: 1-D tensor of per-step variances ``beta_n`` in ``(0, 1]``.
+    """
+
+    discrete = True
+    default_spacing = "trailing"
+
+    def __init__(self, betas: Tensor) -> None:
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if betas.numel() < 2:
+            raise ValueError(f"`betas` needs at least 2 entries, got {betas.numel()}.")
+        if not torch.all((betas > 0) & (betas <= 1)):
+            raise ValueError("`betas` must lie in (0, 1]; got values outside that range.")
+        self.betas = betas
+        self.num_timesteps = int(betas.numel())
+        self.log_alphas_cumprod = torch.cumsum(torch.log1p(-betas), dim=0)
+        if torch.isinf(self.log_alphas_cumprod[:-1]).any():
+            raise ValueError("`betas` equal to 1 are only allowed at the last timestep.")
+        self.t_min = 0.0
+        self.t_max = float(self.num_timesteps - 1)
+        # knot sigmas, computed exactly as _sigma computes them at integer t
+        self._sigma_knots = torch.sqrt(torch.expm1(-self.log_alphas_cumprod))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def linear(
+        cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+        zero_terminal_snr: bool = False,
+    ) -> "DiscreteVPSchedule":
+        """DDPM linear betas (Ho et al. 2020, sec. 4): ``linspace(beta_start, beta_end, N)``."""
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        return cls._finish(betas, zero_terminal_snr)
+
+    @classmethod
+    def scaled_linear(
+        cls, num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+        zero_terminal_snr: bool = False,
+    ) -> "DiscreteVPSchedule":
+        """Latent/Stable Diffusion betas: ``linspace(sqrt(b0), sqrt(b1), N) ** 2``."""
+        betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_timesteps,
+                               dtype=torch.float64) ** 2
+        return cls._finish(betas, zero_terminal_snr)
+
+    @classmethod
+    def cosine(
+        cls, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999,
+        zero_terminal_snr: bool = False,
+    ) -> "DiscreteVPSchedule":
+        """Nichol & Dhariwal (2021, eq. 17) cosine schedule, betas clipped at ``max_beta``.
+
+        ``abar(t) = f(t)/f(0)``, ``f(t) = cos^2(((t/N) + s)/(1 + s) * pi/2)`` and
+        ``beta_n = min(1 - abar(n+1)/abar(n), max_beta)`` as in diffusers' ``squaredcos_cap_v2``.
+        """
+        n = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+        f = torch.cos((n + s) / (1 + s) * math.pi / 2) ** 2
+        betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
+        return cls._finish(betas, zero_terminal_snr)
+
+    @classmethod
+    def from_betas(cls, betas: Tensor, zero_terminal_snr: bool = False) -> "DiscreteVPSchedule":
+        """Any user-given betas."""
+        return cls._finish(torch.as_tensor(betas, dtype=torch.float64), zero_terminal_snr)
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: Tensor) -> "DiscreteVPSchedule":
+        """Build from ``abar_n`` directly (e.g. a diffusers scheduler's ``alphas_cumprod``)."""
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        return cls(1 - abar / prev)
+
+    @classmethod
+    def _finish(cls, betas: Tensor, zero_terminal_snr: bool) -> "DiscreteVPSchedule":
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        return cls(betas)
+
+    @property
+    def alphas_cumprod_knots(self) -> Tensor:
+        """``abar_n`` at the integer timesteps, float64."""
+        return torch.exp(self.log_alphas_cumprod)
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        return bool(torch.isinf(self.log_alphas_cumprod[-1]))
+
+    # ------------------------------------------------------------------ maps
+    def _interval(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        if torch.any(t < self.t_min) or torch.any(t > self.t_max) or torch.isnan(t).any():
+            bad = t[(t < self.t_min) | (t > self.t_max) | torch.isnan(t)].flatten()[0]
+            raise ValueError(
+                f"timestep t={float(bad)} is outside this discrete schedule's range "
+                f"[0, {self.num_timesteps - 1}]."
+            )
+        lo = torch.clamp(torch.floor(t), max=self.num_timesteps - 2).long()
+        return lo, t - lo.to(torch.float64)
+
+    def _log_abar(self, t: Tensor) -> Tensor:
+        lo, frac = self._interval(t)
+        la0 = self.log_alphas_cumprod[lo]
+        la1 = self.log_alphas_cumprod[lo + 1]
+        finite = torch.isfinite(la1)
+        lin = la0 + frac * torch.where(finite, la1 - la0, torch.zeros_like(la0))
+        # last interval of a zero-terminal-SNR schedule: interpolate abar itself
+        abar_lin = torch.exp(la0) * (1 - frac)
+        out = torch.where(finite, lin, torch.log(abar_lin))
+        return torch.where(frac == 0, la0, out)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(torch.expm1(-self._log_abar(t)))
+
+    def _t(self, sigma: Tensor) -> Tensor:
+        knots = self._sigma_knots
+        if torch.isnan(sigma).any() or torch.any(sigma < knots[0]) or torch.any(sigma > knots[-1]):
+            bad = sigma[torch.isnan(sigma) | (sigma < knots[0]) | (sigma > knots[-1])].flatten()[0]
+            raise ValueError(
+                f"sigma={float(bad):.6g} is outside this schedule's range "
+                f"[{float(knots[0]):.6g}, {float(knots[-1]):.6g}] (timesteps 0..{self.num_timesteps - 1})."
+            )
+        # interval index: knots[i] <= sigma <= knots[i+1]
+        hi = torch.searchsorted(knots, sigma.contiguous(), right=False)
+        exact = knots[torch.clamp(hi, max=knots.numel() - 1)] == sigma
+        lo = torch.clamp(hi - 1, min=0, max=self.num_timesteps - 2)
+        la0 = self.log_alphas_cumprod[lo]
+        la1 = self.log_alphas_cumprod[lo + 1]
+        target = -torch.log1p(sigma * sigma)
+        finite = torch.isfinite(la1)
+        frac_log = (target - la0) / torch.where(finite, la1 - la0, -torch.ones_like(la0))
+        frac_lin = 1 - torch.exp(target - la0)  # abar-linear last interval (zero terminal SNR)
+        frac = torch.where(finite, frac_log, frac_lin).clamp(0.0, 1.0)
+        t = lo.to(torch.float64) + frac
+        return torch.where(exact, hi.to(torch.float64), t)
+
+    def _dsigma_dt(self, t: Tensor) -> Tensor:
+        lo, _ = self._interval(t)
+        slope = self.log_alphas_cumprod[lo + 1] - self.log_alphas_cumprod[lo]
+        s = self._sigma(t)
+        return -(1 + s * s) * slope / (2 * s)
+
+
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Rescale betas to zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and
+    Sample Steps are Flawed", Algorithm 1): shift and scale ``sqrt(abar)`` so that its last value
+    is 0 and its first is unchanged."""
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    abar_sqrt = torch.cumprod(1 - betas, dim=0).sqrt()
+    a0, aT = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
+    abar_sqrt = (abar_sqrt - aT) * a0 / (a0 - aT)
+    abar = abar_sqrt**2
+    alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
+
+
+# ---------------------------------------------------------------------------------------------
+class LinearVPSchedule(VPSchedule):
+    """Continuous VP-SDE with linear ``beta(t) = beta_min + t (beta_max - beta_min)``, ``t in [eps, 1]``.
+
+    ``log alpha_t = -t^2 (beta_max - beta_min)/4 - t beta_min / 2`` (Song et al. 2021, score-SDE,
+    eq. 33; Lu et al. 2022, DPM-Solver, appendix). Defaults are the score-SDE ones.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3,
+                 t_max: float = 1.0) -> None:
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"need 0 < `beta_min` < `beta_max`, got {beta_min}, {beta_max}.")
+        if not 0 < t_min < t_max:
+            raise ValueError(f"need 0 < `t_min` < `t_max`, got {t_min}, {t_max}.")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+
+    def _neg_log_abar(self, t: Tensor) -> Tensor:
+        return 0.5 * t * t * (self.beta_max - self.beta_min) + t * self.beta_min
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(torch.expm1(self._neg_log_abar(t)))
+
+    def _t(self, sigma: Tensor) -> Tensor:
+        ell = torch.log1p(sigma * sigma)  # = -log abar
+        d = self.beta_max - self.beta_min
+        # root of d/2 t^2 + beta_min t - ell = 0, in the cancellation-free form
+        return 2 * ell / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * ell))
+
+    def _dsigma_dt(self, t: Tensor) -> Tensor:
+        s = self._sigma(t)
+        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        return (1 + s * s) * beta / (2 * s)
+
+
+class CosineVPSchedule(VPSchedule):
+    """Continuous cosine VP schedule (Nichol & Dhariwal 2021, eq. 17, continuous in ``t in [0, 1]``).
+
+    ``abar(t) = cos^2(phi(t)) / cos^2(phi(0))`` with ``phi(t) = (t + s)/(1 + s) * pi/2``.
+    ``t_max`` defaults to 0.9946, as in DPM-Solver, where ``abar`` is still positive.
+    """
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946) -> None:
+        if not 0 <= t_min < t_max <= 1:
+            raise ValueError(f"need 0 <= `t_min` < `t_max` <= 1, got {t_min}, {t_max}.")
+        self.s = float(s)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self._log_cos0 = math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+
+    def _phi(self, t: Tensor) -> Tensor:
+        return (t + self.s) / (1 + self.s) * (math.pi / 2)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        neg_log_abar = 2 * self._log_cos0 - 2 * torch.log(torch.cos(self._phi(t)))
+        return torch.sqrt(torch.expm1(neg_log_abar))
+
+    def _t(self, sigma: Tensor) -> Tensor:
+        alpha = torch.rsqrt(1 + sigma * sigma)
+        phi = torch.arccos(alpha * math.exp(self._log_cos0))
+        return phi * (2 * (1 + self.s) / math.pi) - self.s
+
+    def _dsigma_dt(self, t: Tensor) -> Tensor:
+        s = self._sigma(t)
+        dneg = 2 * torch.tan(self._phi(t)) * (math.pi / (2 * (1 + self.s)))
+        return (1 + s * s) * dneg / (2 * s)
+
+
+# ---------------------------------------------------------------------------------------------
+class VESchedule(Schedule):
+    """Variance-exploding schedule, geometric in ``t in [0, 1]``:
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` (Song et al. 2021, score-SDE, eq. 31)."""
+
+    family = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < `sigma_min` < `sigma_max`, got {sigma_min}, {sigma_max}.")
+        self._smin, self._smax = float(sigma_min), float(sigma_max)
+        self._log_ratio = math.log(self._smax / self._smin)
+        self.t_min, self.t_max = 0.0, 1.0
+        self.default_spacing = "karras"
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return self._smin * torch.exp(t * self._log_ratio)
+
+    def _t(self, sigma: Tensor) -> Tensor:
+        return torch.log(sigma / self._smin) / self._log_ratio
+
+    def _dsigma_dt(self, t: Tensor) -> Tensor:
+        return self._sigma(t) * self._log_ratio
+
+
+class EDMSchedule(Schedule):
+    """EDM schedule (Karras et al. 2022, Table 1): ``sigma(t) = t``, ``alpha = 1``."""
+
+    family = "ve"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < `sigma_min` < `sigma_max`, got {sigma_min}, {sigma_max}.")
+        self.t_min, self.t_max = float(sigma_min), float(sigma_max)
+        self.default_spacing = "karras"
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return t.clone()
+
+    def _t(self, sigma: Tensor) -> Tensor:
+        return sigma.clone()
+
+    def _dsigma_dt(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)

@@ -1,0 +1,14 @@
+"""Solvers and their registry. ``flowode.solvers.available()`` lists the registered names.
+
+Each family is one module; importing it registers its solvers.
+"""
+
+from . import ddim, runge_kutta  # noqa: F401  (registers the solvers)
+from .base import Context, OneStepSolver, Solver, SolverError
+from .registry import SOLVERS, UnknownSolverError, available, get_class, make, register
+from .runge_kutta import TABLEAUS, ButcherTableau, RungeKutta
+
+__all__ = [
+    "Solver", "OneStepSolver", "Context", "SolverError", "SOLVERS", "UnknownSolverError",
+    "available", "get_class", "make", "register", "ButcherTableau", "RungeKutta", "TABLEAUS",
+]

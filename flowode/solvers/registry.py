@@ -1,0 +1,74 @@
+"""The solver registry: one dict from name to solver class.
+
+``register`` is a class decorator; :func:`make` builds a solver from a name (or accepts a
+:class:`Solver` instance or subclass, so users can plug in their own without editing flowode) and
+rejects unknown names and unknown options with the close matches and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Union
+
+from .base import Solver
+
+__all__ = ["SOLVERS", "register", "available", "make", "get_class", "UnknownSolverError"]
+
+SOLVERS: dict[str, type[Solver]] = {}
+
+
+class UnknownSolverError(ValueError):
+    """A solver name that is not registered."""
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Class decorator: add ``cls`` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no `name`.")
+    if cls.name in SOLVERS and SOLVERS[cls.name] is not cls:
+        raise ValueError(f"solver name {cls.name!r} is registered twice.")
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of every registered solver, sorted."""
+    return sorted(SOLVERS)
+
+
+def get_class(name: str) -> type[Solver]:
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    if key in SOLVERS:
+        return SOLVERS[key]
+    close = difflib.get_close_matches(key, SOLVERS, n=4, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownSolverError(
+        f"unknown `solver` {name!r}.{hint} Registered solvers: {', '.join(available())}."
+    )
+
+
+def make(solver: Union[str, Solver, type[Solver]], **options: Any) -> Solver:
+    """Build a solver from a registry name, a class, or pass an instance through.
+
+    Raises:
+        UnknownSolverError: unknown name, listing the close ones.
+        TypeError: an option the solver does not take, listing those it does.
+    """
+    if isinstance(solver, Solver):
+        if options:
+            raise TypeError(f"options {sorted(options)} given with a solver instance; set them on the instance.")
+        return solver
+    cls = solver if isinstance(solver, type) and issubclass(solver, Solver) else get_class(str(solver))
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        parts = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, valid, n=2, cutoff=0.6)
+            parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(
+            f"solver {cls.name!r} got unknown option(s) {', '.join(parts)}; it takes "
+            f"{', '.join(valid) if valid else 'no options'}."
+        )
+    return cls(**options)
