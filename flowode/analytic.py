@@ -83,7 +83,10 @@ class GaussianMixture:
         self.stds = torch.as_tensor(np.broadcast_to(np.asarray(stds, dtype=np.float64), (k,)).copy())
         if (self.stds <= 0).any():
             raise ValueError("`stds` must be positive.")
-        w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        if weights is None:
+            w = torch.ones(k, dtype=torch.float64)
+        else:
+            w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if w.shape != (k,) or (w <= 0).any():
             raise ValueError(f"`weights` must be {k} positive numbers.")
         self.weights = w / w.sum()

@@ -110,7 +110,7 @@ class Schedule:
 
     def alpha(self, t: Number) -> Number:
         """Signal scale ``alpha_t`` (``sqrt(abar_t)`` for VP, 1 for VE)."""
-        return _like(self.alpha_from_sigma(self._sigma(_f64(t))), t)
+        return _like(torch.as_tensor(self.alpha_from_sigma(self._sigma(_f64(t)))), t)
 
     def dsigma_dt(self, t: Number) -> Number:
         """Derivative ``d sigma / d t`` (piecewise constant slope for discrete schedules)."""
