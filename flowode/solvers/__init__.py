@@ -4,6 +4,8 @@ Each family is one module; importing it registers its solvers.
 """
 
 from . import ddim, runge_kutta  # noqa: F401  (registers the solvers)
+from . import dpm_solver as _dpm_solver  # noqa: F401  (registers the exponential integrators)
+from . import unipc as _unipc  # noqa: F401  (registers UniPC)
 from .base import Context, OneStepSolver, Solver, SolverError
 from .registry import SOLVERS, UnknownSolverError, available, get_class, make, register
 from .runge_kutta import TABLEAUS, ButcherTableau, RungeKutta
