@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -155,7 +155,7 @@ class UniPC(Solver):
     def convergence_order(self) -> int:
         return self.order + 1 if self.corrector else self.order
 
-    def describe(self) -> dict:  # type: ignore[type-arg]
+    def describe(self) -> dict[str, Any]:
         out = super().describe()
         out.update(order=self.convergence_order, predictor_order=self.order, variant=self.variant,
                    corrector=self.corrector, predictor=self.predictor)
