@@ -109,7 +109,7 @@ def oracle_table() -> None:
         print(f"| dpm_solver++_{order}m{opt} | DPMSolverMultistepScheduler(dpmsolver++, solver_order={order}, "
               f"midpoint, lower_order_final=True) | N in 5,10,20 x linspace,trailing x final zero,sigma_min "
               f"| {d:.2e} |")
-    ucases = T.CASES[::2] + [(7, "trailing", "sigma_min")]
+    ucases = T.UNIPC_CASES
     for variant in ("bh1", "bh2"):
         for order in (1, 2, 3):
             d = max(run(T.test_unipc_vs_diffusers, c, order, variant) for c in ucases)
