@@ -5,7 +5,7 @@ Notation (DESIGN.md sec. 1): ``sigma`` is the DDIM noise-to-signal ratio, ``alph
 sigma_t)`` (negative when encoding). Lu et al.'s ``sigma_t`` is our ``std = alpha * sigma``.
 
 The probability-flow ODE is semi-linear in ``lambda``; its variation-of-constants forms are exact
-(Lu et al. 2022, DPM-Solver, eq. 3.4; Lu et al. 2022b, DPM-Solver++, eq. 8):
+(Lu et al. 2022, DPM-Solver, eq. 3.4; Lu et al. 2022b, DPM-Solver++, its data-prediction form):
 
     x_t = (alpha_t/alpha_s) x_s - alpha_t * int_{lambda_s}^{lambda_t} e^{-lambda} eps(lambda) d lambda     (noise)
     x_t = (std_t/std_s)     x_s + std_t   * int_{lambda_s}^{lambda_t} e^{ lambda} x0(lambda)  d lambda     (data)
@@ -25,7 +25,7 @@ name                 order  NFE / step    source
 ``dpm_solver_3``     3      3             Lu et al. 2022, Algorithm 2 (DPM-Solver-3), ``r1 = 1/3, r2 = 2/3``
 ``dpm_solver++_2s``  2      2             Lu et al. 2022b, Algorithm 1 (DPM-Solver++(2S)), ``r = 1/2``
 ``dpm_solver++_2m``  2      1             Lu et al. 2022b, Algorithm 2 (DPM-Solver++(2M))
-``dpm_solver++_3m``  3 (*)  1             the 3M update of the reference implementation (see below)
+``dpm_solver++_3m``  3 (*)  1             Lu et al. 2022b, order-3 Taylor form, multistep (see below)
 ===================  =====  ============  ==============================================================
 
 Steps that touch ``sigma = 0`` or start at ``sigma = inf`` have an infinite ``h``. The single-step
@@ -35,9 +35,10 @@ evaluation) there; the data-prediction solvers take their own first-order step, 
 ``expm1(-inf) = -1``) -- the same value. A multistep history never holds a point with infinite
 ``lambda``, so after such a step the warm-up restarts.
 
-(*) ``dpm_solver++_3m`` follows the update of Lu et al.'s reference code and diffusers'
-``multistep_dpm_solver_third_order_update`` (``phi_3 = phi_2/h - 1/2`` times
-``D2 = (D1_0 - D1_1)/(r0 + r1)``); see docs/exponential.md for its measured order.
+(*) ``dpm_solver++_3m`` integrates the quadratic through the last three x0 predictions exactly
+(``coefficients="taylor"``, third order). ``coefficients="reference"`` is the update of Lu et al.'s
+reference code and of diffusers' ``multistep_dpm_solver_third_order_update``, which keeps half of
+the ``p''`` term and is second order (measured; see docs/exponential.md).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _noise_first_order(ctx: Context, x: Tensor, s: float, t: float, eps: Tensor)
 
 
 def data_first_order(ctx: Context, x: Tensor, s: float, t: float, x0: Tensor) -> Tensor:
-    """Lu et al. 2022b, eq. 9 (DPM-Solver++ first order):
+    """DPM-Solver++ first-order update (Lu et al. 2022b; = DDIM):
     ``x_t = (std_t/std_s) x_s - alpha_t expm1(-h) x0_s``. ``s`` finite and positive; ``t`` may be 0,
     where it returns ``x0_s`` exactly."""
     a_s, a_t = ctx.alpha(s), ctx.alpha(t)
@@ -113,7 +114,7 @@ def dpmpp_multistep_update(ctx: Context, x: Tensor, s: float, t: float, hist: Hi
           x_t = (std_t/std_s) x_s - alpha_t phi_1 m0 + alpha_t phi_2 D1 - c alpha_t phi_3 D2
 
       ``coefficients="taylor"`` (c = 2) integrates ``e^lambda p(lambda)`` exactly (the order-3
-      Taylor form of Lu et al. 2022b, eq. 10 with ``k = 3``); ``coefficients="reference"`` (c = 1) is
+      Taylor form of Lu et al. 2022b with ``k = 3``); ``coefficients="reference"`` (c = 1) is
       the update of Lu et al.'s ``dpm_solver_pytorch.py`` and diffusers, which keeps only half of
       the ``p''`` term and is therefore second order (measured in tests/test_exponential.py).
     """

@@ -8,13 +8,13 @@ prediction ``hh = -h``. Earlier grid points ``s_k`` give ``r_k = (lambda_{s_k} -
 
     R_p[i, j] = r_j^i  (i = 0..p-1; the last r is 1),     b_p[i] = g_{i+1} (i+1)! / B(h).
 
-* UniP-p (Zhao et al. 2023, Algorithm 2 / eq. 8), from the last ``p`` model outputs::
+* UniP-p (Zhao et al. 2023, sec. 3), from the last ``p`` model outputs::
 
       x_t = (std_t/std_s) x_s - alpha_t expm1(hh) m0 - alpha_t B(h) sum_k a_k D_k
 
   ``a = R_{p-1}^{-1} b_{p-1}`` (without the last row / column); ``a = (1/2)`` for ``p = 2`` and
   nothing for ``p = 1`` (DDIM / DPM-Solver++ first order), as in the reference code.
-* UniC-p (Zhao et al. 2023, Algorithm 1 / eq. 7): once the model has been evaluated at the
+* UniC-p (Zhao et al. 2023, sec. 3): once the model has been evaluated at the
   predicted ``x_t`` (for the next step anyway, so no extra NFE), re-do the step from ``x_s`` with
   the new output ``m_t`` added::
 
@@ -137,8 +137,7 @@ class UniPC(Solver):
 
     name = "unipc"
     nfe_per_step = 1.0
-    source = ("Zhao et al., UniPC, NeurIPS 2023, Algorithms 1-2 (UniC-p, UniP-p), B(h) eq. 6 / sec. 3.3; "
-              "data-prediction form")
+    source = "Zhao et al., UniPC, NeurIPS 2023, sec. 3 (UniP-p, UniC-p, B(h) = bh1 / bh2); data-prediction form"
     multistep = True
     default_spacing = "logsnr"
 
