@@ -435,8 +435,8 @@ class DPMSolverPP3M(_DPMSolverPPMultistep):
 
     name = "dpm_solver++_3m"
     order = 3
-    source = ("Lu et al., DPM-Solver++, arXiv 2211.01095, sec. 4 multistep; 3M update of the reference code "
-              "(dpm_solver_pytorch.py, = diffusers DPMSolverMultistepScheduler solver_order=3)")
+    source = ("Lu et al., DPM-Solver++, arXiv 2211.01095, multistep order-3 Taylor form; coefficients='reference': "
+              "the 3M update of the reference code (= diffusers DPMSolverMultistepScheduler solver_order=3)")
     max_order = 3
 
     def __post_init__(self) -> None:
