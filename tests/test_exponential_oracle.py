@@ -97,7 +97,8 @@ def test_dpm_solver_pp_multistep_vs_diffusers(case: tuple, order: int) -> None:
     assert diff < TOL, f"max |flowode - diffusers| = {diff:.3e}"
 
 
-UNIPC_CASES = [(5, "linspace", "zero"), (7, "trailing", "sigma_min"), (10, "trailing", "zero"), (20, "linspace", "zero")]
+UNIPC_CASES = [(5, "linspace", "zero"), (7, "trailing", "sigma_min"), (10, "trailing", "zero"),
+               (20, "linspace", "zero")]
 
 
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
