@@ -184,7 +184,8 @@ def check_grid(sigmas: Union[Tensor, Sequence[float], np.ndarray], schedule: Opt
     decreasing = bool((d < 0).all())
     increasing = bool((d > 0).all())
     if not (decreasing or increasing):
-        bad = int(((d >= 0) if float(s[0]) > float(s[-1]) else (d <= 0)).nonzero()[0])
+        # `~(d < 0)` rather than `d >= 0`: inf - inf is NaN, which must count as a break too
+        bad = int((~(d < 0) if float(s[0]) > float(s[-1]) else ~(d > 0)).nonzero()[0])
         raise GridError(
             f"`{name}` must be strictly monotonic (decreasing to sample/decode, increasing to encode); "
             f"`{name}[{bad}]` = {float(s[bad]):.6g} and `{name}[{bad + 1}]` = {float(s[bad + 1]):.6g} break it. "
