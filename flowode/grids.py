@@ -123,6 +123,12 @@ def sigma_grid(
             f"DiscreteVPSchedule; for {type(schedule).__name__} use 'uniform_t', 'logsnr' or 'karras'."
         )
     if discrete and (spacing in _DISCRETE_ONLY or spacing == "quadratic"):
+        if sigma_min is not None or sigma_max is not None:
+            raise GridError(
+                f"`sigma_min` / `sigma_max` set the range of the continuous spacings; spacing {spacing!r} on a "
+                "discrete schedule is fixed by its integer timesteps and would ignore them. Use spacing "
+                "'uniform_t', 'logsnr' or 'karras' with them, or slice the grid."
+            )
         ts = _discrete_timesteps(schedule, steps, spacing, offset)  # type: ignore[arg-type]
         return check_grid(sigmas_from_timesteps(schedule, ts, final), schedule)
 

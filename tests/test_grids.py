@@ -233,3 +233,11 @@ def test_every_spacing_gives_a_valid_grid():
                 g = sigma_grid(sched, 5, spacing, final=final)
                 check_grid(g, sched)
                 assert bool((torch.diff(g) < 0).all())
+
+
+def test_range_overrides_are_not_silently_ignored():
+    """sigma_min / sigma_max cannot move integer-timestep spacings; saying so beats ignoring them."""
+    with pytest.raises(GridError, match="`sigma_min` / `sigma_max` set the range of the continuous spacings"):
+        sigma_grid(DDPM, 10, "trailing", sigma_max=50.0)
+    g = sigma_grid(DDPM, 10, "uniform_t", sigma_max=50.0, sigma_min=0.1)
+    assert float(g[0]) == 50.0 and float(g[-2]) == 0.1

@@ -440,6 +440,8 @@ def test_bad_state_and_model():
     ztsnr = flowode.DiscreteVPSchedule.linear(zero_terminal_snr=True)
     with pytest.raises(SolverError, match="sigma = inf"):
         flowode.encode(GMM.model(ztsnr, prediction="v"), _x(), steps=4)
+    z = flowode.encode(GMM.model(ztsnr, prediction="v"), _x(), steps=4, spacing="logsnr", sigma_max=100.0)
+    assert float(z.sigmas[-1]) == 100.0
 
 
 def test_user_grid_logspace_with_rk4():
