@@ -30,7 +30,7 @@ def _fields(sched):
     return model, {c: ProbabilityFlow(model, c) for c in ("sigma", "lambda", "t")}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(name=st.sampled_from(sorted(SCHEDULES)), u=st.floats(0.02, 0.98), seed=st.integers(0, 2**16))
 def test_three_coordinates_agree_by_chain_rule(name, u, seed):
     sched = SCHEDULES[name]

@@ -40,7 +40,7 @@ FINITE_MAX = {k: v for k, v in SCHEDULES.items() if math.isfinite(v.sigma_max)}
 
 names = st.sampled_from(sorted(SCHEDULES))
 unit = st.floats(0.0, 1.0, allow_nan=False)
-PROPS = settings(max_examples=60, deadline=None)
+PROPS = settings(max_examples=60, deadline=None, derandomize=True)  # deterministic in CI
 
 
 def _t_at(sched, u: float) -> float:
@@ -145,7 +145,7 @@ def test_integer_timesteps_exact(name):
     sched = DISCRETE[name]
     n = torch.arange(sched.num_timesteps, dtype=torch.float64)
     assert torch.equal(sched.t(sched.sigma(n)), n)
-    for i in range(sched.num_timesteps):
+    for i in [*range(0, sched.num_timesteps, 7), sched.num_timesteps - 1]:  # the scalar path
         assert sched.t(sched.sigma(float(i))) == float(i)
     # float32 timesteps (what a network receives) are the same integers
     assert torch.equal(sched.t(sched.sigma(n)).to(torch.float32), n.to(torch.float32))
