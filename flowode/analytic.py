@@ -38,8 +38,11 @@ class AnalyticModel(EpsilonModel):
     so the parameterisation conversions can be tested against it.
     """
 
-    def __init__(self, exact_eps, schedule: Schedule, prediction: str = "eps", **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, exact_eps, schedule: Schedule, prediction: str = "eps", *,  # type: ignore[no-untyped-def]
+                 data_mean: Optional[Tensor] = None, **kwargs) -> None:
         self.exact_eps = exact_eps
+        # E[x0], the exact x0 prediction at sigma = inf (zero terminal SNR), where x/alpha is undefined
+        self.data_mean = data_mean
         super().__init__(self._t_fn, schedule, prediction, **kwargs)
 
     def _t_fn(self, x: Tensor, t: Tensor) -> Tensor:  # used only if someone calls fn directly
@@ -53,7 +56,12 @@ class AnalyticModel(EpsilonModel):
             return eps
         alpha = float(self.schedule.alpha_from_sigma(sigma))
         std = float(self.schedule.std_from_sigma(sigma))
-        x0 = x / alpha - sigma * eps if sigma != 0 else x
+        if math.isinf(sigma):  # zero terminal SNR: x = eps, and the posterior mean is the data mean
+            if self.data_mean is None:
+                raise ValueError("this analytic model has no `data_mean`, needed for x0 at sigma = inf.")
+            x0 = self.data_mean.to(x).expand_as(x)
+        else:
+            x0 = x / alpha - sigma * eps if sigma != 0 else x
         if p == "x0":
             return x0
         if p == "v":
@@ -106,7 +114,11 @@ class GaussianMixture:
         return diff, var, logits
 
     def eps(self, x: Tensor, sigma: float, alpha: float = 1.0) -> Tensor:
-        """Exact ``eps`` at state ``x`` (``xbar = x / alpha``) and noise level ``sigma``."""
+        """Exact ``eps`` at state ``x`` (``xbar = x / alpha``) and noise level ``sigma``.
+
+        At ``sigma = inf`` (zero terminal SNR, ``alpha = 0``) the state is pure noise, ``x = eps``."""
+        if math.isinf(sigma):
+            return x.clone()
         xbar = x / alpha if alpha != 1.0 else x
         diff, var, logits = self._stats(xbar, sigma)
         r = torch.softmax(logits, dim=-1)  # (B, K)
@@ -132,8 +144,9 @@ class GaussianMixture:
 
     def model(self, schedule: Schedule, prediction: str = "eps", **kwargs) -> AnalyticModel:  # type: ignore[no-untyped-def]
         """The exact model on ``schedule`` (its network returns the exact ``prediction``)."""
+        mean = (self.weights @ self.means).reshape(self.shape)
         return AnalyticModel(lambda x, s: self.eps(x, s, float(schedule.alpha_from_sigma(s))), schedule,
-                             prediction, **kwargs)
+                             prediction, data_mean=mean, **kwargs)
 
 
 class Gaussian(GaussianMixture):
@@ -149,6 +162,8 @@ class Gaussian(GaussianMixture):
         self.mean, self.std = mean_t, std_t
 
     def eps(self, x: Tensor, sigma: float, alpha: float = 1.0) -> Tensor:
+        if math.isinf(sigma):
+            return x.clone()
         xbar = (x / alpha if alpha != 1.0 else x).reshape(x.shape[0], -1)
         out = sigma * (xbar - self.mean.to(xbar)) / (self.std.to(xbar) ** 2 + sigma**2)
         return out.reshape(x.shape)

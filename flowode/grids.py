@@ -123,6 +123,12 @@ def sigma_grid(
             f"DiscreteVPSchedule; for {type(schedule).__name__} use 'uniform_t', 'logsnr' or 'karras'."
         )
     if discrete and (spacing in _DISCRETE_ONLY or spacing == "quadratic"):
+        if sigma_min is not None or sigma_max is not None:
+            raise GridError(
+                f"`sigma_min` / `sigma_max` set the range of the continuous spacings; spacing {spacing!r} on a "
+                "discrete schedule is fixed by its integer timesteps and would ignore them. Use spacing "
+                "'uniform_t', 'logsnr' or 'karras' with them, or slice the grid."
+            )
         ts = _discrete_timesteps(schedule, steps, spacing, offset)  # type: ignore[arg-type]
         return check_grid(sigmas_from_timesteps(schedule, ts, final), schedule)
 
@@ -184,7 +190,8 @@ def check_grid(sigmas: Union[Tensor, Sequence[float], np.ndarray], schedule: Opt
     decreasing = bool((d < 0).all())
     increasing = bool((d > 0).all())
     if not (decreasing or increasing):
-        bad = int(((d >= 0) if float(s[0]) > float(s[-1]) else (d <= 0)).nonzero()[0])
+        # `~(d < 0)` rather than `d >= 0`: inf - inf is NaN, which must count as a break too
+        bad = int((~(d < 0) if float(s[0]) > float(s[-1]) else ~(d > 0)).nonzero()[0])
         raise GridError(
             f"`{name}` must be strictly monotonic (decreasing to sample/decode, increasing to encode); "
             f"`{name}[{bad}]` = {float(s[bad]):.6g} and `{name}[{bad + 1}]` = {float(s[bad + 1]):.6g} break it. "

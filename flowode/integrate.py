@@ -203,5 +203,8 @@ def encode(model: EpsilonModel, x0: Tensor, steps: Optional[int] = None, *, nfe:
     slv = make(solver, **options)
     grid = _grid(model, steps, nfe, slv, spacing, grid_kwargs)
     if math.isinf(float(grid[0])):
-        raise SolverError("cannot encode to sigma = inf (zero terminal SNR); pass `sigma_max=` to stop below it.")
+        raise SolverError(
+            "cannot encode to sigma = inf (zero terminal SNR); stop below it with a finite `sigma_max=` and a "
+            "continuous spacing (e.g. spacing='logsnr' or 'uniform_t'), or integrate on a grid of your own."
+        )
     return integrate(model, x0, torch.flip(grid, [0]), slv, **run)

@@ -242,7 +242,9 @@ class EpsilonModel:
             x0 = x0.clamp(*self.clip_x0)
         if self.dynamic_threshold is not None:
             flat = x0.abs().flatten(1)
-            s = torch.quantile(flat.to(torch.float32), self.dynamic_threshold, dim=1).to(x0.dtype)
+            if flat.dtype not in (torch.float32, torch.float64):  # quantile needs float32/64
+                flat = flat.to(torch.float32)
+            s = torch.quantile(flat, self.dynamic_threshold, dim=1).to(x0.dtype)
             s = torch.clamp(s, min=1.0).view(-1, *([1] * (x0.dim() - 1)))
             x0 = torch.maximum(torch.minimum(x0, s), -s) / s
         return x0

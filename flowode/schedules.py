@@ -304,12 +304,16 @@ class DiscreteVPSchedule(VPSchedule):
 
     def _t(self, sigma: Tensor) -> Tensor:
         knots = self._sigma_knots
-        if torch.isnan(sigma).any() or torch.any(sigma < knots[0]) or torch.any(sigma > knots[-1]):
-            bad = sigma[torch.isnan(sigma) | (sigma < knots[0]) | (sigma > knots[-1])].flatten()[0]
+        # tolerate round-off just outside the range (e.g. exp(-lambda(sigma_min)), or a grid that
+        # check_grid accepted within its relative 1e-9) and clamp it onto the end knots
+        lo_ok, hi_ok = knots[0] * (1 - 1e-9), knots[-1] * (1 + 1e-9)
+        if torch.isnan(sigma).any() or torch.any(sigma < lo_ok) or torch.any(sigma > hi_ok):
+            bad = sigma[torch.isnan(sigma) | (sigma < lo_ok) | (sigma > hi_ok)].flatten()[0]
             raise ValueError(
                 f"sigma={float(bad):.6g} is outside this schedule's range "
                 f"[{float(knots[0]):.6g}, {float(knots[-1]):.6g}] (timesteps 0..{self.num_timesteps - 1})."
             )
+        sigma = torch.clamp(sigma, knots[0], knots[-1])
         # interval index: knots[i] <= sigma <= knots[i+1]
         hi = torch.searchsorted(knots, sigma.contiguous(), right=False)
         exact = knots[torch.clamp(hi, max=knots.numel() - 1)] == sigma
@@ -326,9 +330,16 @@ class DiscreteVPSchedule(VPSchedule):
 
     def _dsigma_dt(self, t: Tensor) -> Tensor:
         lo, _ = self._interval(t)
-        slope = self.log_alphas_cumprod[lo + 1] - self.log_alphas_cumprod[lo]
+        la0 = self.log_alphas_cumprod[lo]
+        la1 = self.log_alphas_cumprod[lo + 1]
         s = self._sigma(t)
-        return -(1 + s * s) * slope / (2 * s)
+        finite = torch.isfinite(la1)
+        slope = torch.where(finite, la1 - la0, torch.zeros_like(la0))
+        log_linear = -(1 + s * s) * slope / (2 * s)
+        # last interval of a zero-terminal-SNR schedule, abar = abar_lo (1 - frac) linear in t:
+        # d sigma/dt = d(1/abar)/dt / (2 sigma) = abar_lo (1 + sigma^2)^2 / (2 sigma)
+        abar_linear = torch.exp(la0) * (1 + s * s) ** 2 / (2 * s)
+        return torch.where(finite, log_linear, abar_linear)
 
 
 def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
@@ -391,23 +402,32 @@ class CosineVPSchedule(VPSchedule):
             raise ValueError(f"need 0 <= `t_min` < `t_max` <= 1, got {t_min}, {t_max}.")
         self.s = float(s)
         self.t_min, self.t_max = float(t_min), float(t_max)
-        self._log_cos0 = math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+        self._phi0 = self.s / (1 + self.s) * math.pi / 2
+        self._log_cos0 = math.log(math.cos(self._phi0))
 
     def _phi(self, t: Tensor) -> Tensor:
         return (t + self.s) / (1 + self.s) * (math.pi / 2)
 
     def _sigma(self, t: Tensor) -> Tensor:
-        neg_log_abar = 2 * self._log_cos0 - 2 * torch.log(torch.cos(self._phi(t)))
-        return torch.sqrt(torch.expm1(neg_log_abar))
+        # sigma^2 = cos^2(phi0)/cos^2(phi) - 1 = sin(phi - phi0) sin(phi + phi0) / cos^2(phi), with
+        # phi - phi0 = t/(1+s) pi/2 and cos(phi) = sin((1-t)/(1+s) pi/2): no cancellation at either end
+        # (the direct form loses ~4 digits near t_min and ~2 near t = 1).
+        dphi = t / (1 + self.s) * (math.pi / 2)
+        num = torch.sin(dphi) * torch.sin(2 * self._phi0 + dphi)
+        return torch.sqrt(num) / torch.sin((1 - t) / (1 + self.s) * (math.pi / 2))
 
     def _t(self, sigma: Tensor) -> Tensor:
-        alpha = torch.rsqrt(1 + sigma * sigma)
-        phi = torch.arccos(alpha * math.exp(self._log_cos0))
-        return phi * (2 * (1 + self.s) / math.pi) - self.s
+        # tan^2(phi) = (sigma^2 + sin^2 phi0) / cos^2 phi0; phi - phi0 by the arctan subtraction rule
+        sin0, cos0 = math.sin(self._phi0), math.cos(self._phi0)
+        u = torch.sqrt(sigma * sigma + sin0 * sin0)
+        dphi = torch.atan2(sigma * sigma * cos0 / (u + sin0), cos0 * cos0 + u * sin0)
+        return dphi * (2 * (1 + self.s) / math.pi)
 
     def _dsigma_dt(self, t: Tensor) -> Tensor:
         s = self._sigma(t)
-        dneg = 2 * torch.tan(self._phi(t)) * (math.pi / (2 * (1 + self.s)))
+        # tan(phi) = 1 / tan(pi/2 - phi), the latter accurate near t = 1
+        tan_phi = torch.reciprocal(torch.tan((1 - t) / (1 + self.s) * (math.pi / 2)))
+        dneg = 2 * tan_phi * (math.pi / (2 * (1 + self.s)))
         return (1 + s * s) * dneg / (2 * s)
 
 

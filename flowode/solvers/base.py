@@ -55,6 +55,13 @@ class Context:
         if not self.sigma_list:
             self.sigma_list = [float(v) for v in self.sigmas.tolist()]
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # keep the model's step hint in sync, so that a NaN or a wrong shape from the network names
+        # the step even when a solver evaluates through ``ctx.field(...)`` instead of ``ctx.predict``
+        object.__setattr__(self, name, value)
+        if name == "step" and "model" in self.__dict__:
+            self.model.step_hint = value
+
     @property
     def decreasing(self) -> bool:
         """True when integrating towards the data (sampling / decoding)."""
