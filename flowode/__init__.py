@@ -23,7 +23,7 @@ from .schedules import (
 
 # isort: split
 from . import invert
-from .invert import RoundTrip, latent_stats, roundtrip
+from .invert import RoundTrip, invertibility_report, latent_stats, roundtrip
 
 __version__ = "0.1.0"
 
@@ -35,5 +35,5 @@ __all__ = [
     "sigma_grid", "sigmas_from_timesteps", "check_grid", "GridError",
     "Solution", "integrate", "sample", "encode", "decode",
     "Gaussian", "GaussianMixture", "reference_solve",
-    "invert", "roundtrip", "RoundTrip", "latent_stats",
+    "invert", "roundtrip", "RoundTrip", "latent_stats", "invertibility_report",
 ]

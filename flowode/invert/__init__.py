@@ -20,11 +20,12 @@ from .fixed_point import (
     multistep_decode,
 )
 from .latent import LatentStats, latent_stats
+from .report import DEFAULT_METHODS, InvertibilityReport, invertibility_report
 from .roundtrip import EXACT_METHODS, ConvergenceStudy, RoundTrip, convergence, fit_order, reference_latent, roundtrip
 
 __all__ = [
     "roundtrip", "RoundTrip", "EXACT_METHODS", "convergence", "ConvergenceStudy", "fit_order", "reference_latent",
-    "latent_stats", "LatentStats", "InversionWarning",
+    "latent_stats", "LatentStats", "InversionWarning", "invertibility_report", "InvertibilityReport", "DEFAULT_METHODS",
     "fixed_point_encode", "FixedPointResult", "MultistepForm", "DPMSolverPP2M", "MULTISTEP_FORMS", "multistep_decode",
     "edict_encode", "edict_decode", "EdictLatent", "bdia_encode", "bdia_decode", "BdiaLatent",
 ]

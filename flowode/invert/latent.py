@@ -8,8 +8,9 @@ a VE / EDM latent is ``N(0, (1 + sigma_max^2) I)`` and is rescaled by ``scale`` 
 * chi-square test of the squared norms: ``|z_b|^2 ~ chi^2_D`` per sample; the per-sample
   two-sided p-values, and the KS test of all ``|z_b|^2`` against ``chi^2_D`` (pooled).
 
-A latent is flagged off-distribution when either pooled p-value is below ``alpha`` (default 1e-3)
-or ``|mean| > 0.1`` or ``|std - 1| > 0.1``.
+A latent is flagged off-distribution when either pooled p-value is below ``alpha`` (default 1e-3).
+(Mean and std are reported, not thresholded: their sampling error depends on the batch size, which
+the two tests account for.)
 """
 
 from __future__ import annotations
@@ -76,9 +77,5 @@ def latent_stats(z: Tensor, *, scale: Optional[float] = None, alpha: float = 1e-
         reasons.append(f"coordinates fail KS vs N(0,1) (p={ks.pvalue:.2g})")
     if chi.pvalue < alpha:
         reasons.append(f"squared norms fail KS vs chi^2_{d} (p={chi.pvalue:.2g})")
-    if abs(mean) > 0.1:
-        reasons.append(f"mean {mean:.3g}")
-    if abs(std - 1) > 0.1:
-        reasons.append(f"std {std:.3g}")
     return LatentStats(mean, std, float(ks.statistic), float(ks.pvalue), float(chi.statistic), float(chi.pvalue),
                        norm_p, bool(reasons), reasons)
