@@ -145,7 +145,7 @@ def solve_fixed_point(
                 if aux_best is None:
                     aux_best = torch.zeros_like(target)
                 aux_best[sel] = aux[better]
-        iters[active] = k
+        iters[active] = k + 1
         done = (res <= tol) | (stall[active] >= patience)
         if k == max_iter or bool(done.all()):
             break
