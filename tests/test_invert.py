@@ -317,6 +317,7 @@ def test_invertibility_report(tmp_path):
     assert all(p.exists() for p in paths) and {p.name for p in paths} >= {"grid.png", "error_vs_nfe.png"}
 
 
+@pytest.mark.filterwarnings("ignore::flowode.invert.InversionWarning")
 def test_cli_invert(tmp_path, capsys):
     from flowode.cli import main
 
