@@ -110,15 +110,16 @@ def solve_fixed_point(
     floor, or not converging); the caller compares the returned residual with ``tol``.
 
     Returns:
-        ``(y, aux, iterations, residual)`` with per-sample ``iterations`` (int64) and ``residual``.
+        ``(y, aux, iterations, residual)`` with per-sample ``iterations`` (int64, the number of
+        evaluations of ``phi``) and ``residual`` (float64), both on the CPU.
     """
-    b = target.shape[0]
+    b, dev = target.shape[0], target.device
     y = y0.clone()
     aux_best: Optional[Tensor] = None
-    best = torch.full((b,), math.inf, dtype=torch.float64)
-    iters = torch.zeros(b, dtype=torch.int64)
-    stall = torch.zeros(b, dtype=torch.int64)
-    active = torch.arange(b)
+    best = torch.full((b,), math.inf, dtype=torch.float64, device=dev)
+    iters = torch.zeros(b, dtype=torch.int64, device=dev)
+    stall = torch.zeros(b, dtype=torch.int64, device=dev)
+    active = torch.arange(b, device=dev)
     ya = y0.clone()
     f_hist: list[Tensor] = []
     g_hist: list[Tensor] = []
@@ -168,7 +169,7 @@ def solve_fixed_point(
         active, ya = active[keep], y_new[keep]
         f_hist = [h[keep] for h in f_hist]
         g_hist = [h[keep] for h in g_hist]
-    return y, aux_best, iters, best
+    return y, aux_best, iters.cpu(), best.cpu()
 
 
 # ------------------------------------------------------------------------------------ one-step solvers
@@ -415,7 +416,7 @@ def _multistep_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, form: Mul
 
             new[i], _, it, _ = solve_fixed_point(phi, traj[i], new[i + 1], alpha[i] / alpha[i + 1], tol=tol,
                                                  max_iter=max_iter, anderson=anderson)
-            iterations[i, idx] += it
+            iterations[i, idx.cpu()] += it
             nfe_steps[i] += model.nfe - n0
         out = torch.stack(new, 1)
         return y_all - out, None  # zero at the fixed point S(Y) = Y
@@ -433,7 +434,7 @@ def _multistep_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, form: Mul
     residual = torch.zeros(n, b, dtype=torch.float64)
     for i in range(n):
         r = form.update(model, traj[i], preds[i], _history(preds, i, form.order), s, i) - traj[i + 1]  # type: ignore[arg-type]
-        residual[i] = scaled_residual(r, traj[i + 1])
+        residual[i] = scaled_residual(r, traj[i + 1]).cpu()
     model.step_hint = None
     what = f"fixed-point inversion ({form.name}, {counter['sweeps']} sweep(s))"
     for i in range(n):
