@@ -325,3 +325,17 @@ def test_cli_invert(tmp_path, capsys):
                  "--spacing", "logsnr", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "fixed_point(solver=heun)" in out and (tmp_path / "error_vs_nfe.png").exists()
+
+
+@pytest.mark.parametrize("schedule,prediction", [
+    (flowode.EDMSchedule(), "eps"), (flowode.VESchedule(), "eps"),
+    (flowode.DiscreteVPSchedule.linear(), "v"), (flowode.CosineVPSchedule(), "x0"),
+], ids=["edm-eps", "ve-eps", "vp-v", "cosine-x0"])
+def test_exact_methods_other_schedules_and_parameterisations(ring, schedule, prediction):
+    """The exact methods only use sigma, alpha(sigma) and (eps, x0): VE / EDM (alpha = 1) and v / x0
+    networks invert exactly too."""
+    model = ring.model(schedule, prediction=prediction)
+    x0 = _batch(ring, torch.float64, 16)
+    for method in ("edict", "bdia", "fixed_point"):
+        rt = roundtrip(model, x0, 20, method, spacing="logsnr")
+        assert float(rt.x0_rel_error.max()) < 1e-10, (method, float(rt.x0_rel_error.max()))
