@@ -21,6 +21,10 @@ from .schedules import (
     VPSchedule,
 )
 
+# isort: split
+from . import invert
+from .invert import RoundTrip, invertibility_report, latent_stats, roundtrip
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -31,4 +35,5 @@ __all__ = [
     "sigma_grid", "sigmas_from_timesteps", "check_grid", "GridError",
     "Solution", "integrate", "sample", "encode", "decode",
     "Gaussian", "GaussianMixture", "reference_solve",
+    "invert", "roundtrip", "RoundTrip", "latent_stats", "invertibility_report",
 ]

@@ -1,0 +1,171 @@
+"""Algebraically exact inversion: EDICT (coupled states) and BDIA (bi-directional integration).
+
+Both write the DDIM step from ``sigma_i`` to ``sigma_{i+1}`` as ``A_i x + B_i eps`` (see
+:func:`~flowode.invert._common.ddim_coefficients`; ``A = alpha'/alpha``, ``B = alpha' (sigma' - sigma)``)
+and arrange the updates so that every network evaluation can be repeated, with the same argument,
+when running backwards: the inverse is exact in exact arithmetic, and exact to round-off in floating
+point. Every network evaluation happens at a grid level ``sigma_i > 0``.
+
+EDICT -- Wallace, Gokul & Naik, "EDICT: Exact Diffusion Inversion via Coupled Transformations",
+CVPR 2023, eq. 10-14. Two chains ``(x, y)``, mixing parameter ``p`` (default 0.93), decode step::
+
+    x_inter = A x + B eps(y, sigma_i)                 (eq. 10)
+    y_inter = A y + B eps(x_inter, sigma_i)           (eq. 11)
+    x'      = p x_inter + (1 - p) y_inter             (eq. 12, mixing)
+    y'      = p y_inter + (1 - p) x'
+
+and its inverse (eq. 14) undoes the four lines in reverse order. 2 evaluations per step in either
+direction. Encoding starts from ``x = y = data``; the latent is the pair ``(x_T, y_T)``; decoding
+the pair returns the ``x`` chain (the ``y`` chain is reconstructed exactly as well, in
+``EdictLatent.y`` of the decode).
+
+BDIA -- Zhang, Lewis & Kleijn, "Exact Diffusion Inversion via Bi-directional Integration
+Approximation", arXiv 2307.10829 (2023; ECCV 2024), sec. 3, the BDIA-DDIM update. With the
+states ``z_k`` at ``sigma_k`` in decode order and ``Phi(z_k; sigma_k -> sigma)`` the DDIM step
+that uses ``eps(z_k, sigma_k)``::
+
+    z_{k+1} = Phi(z_k; sigma_k -> sigma_{k+1}) + gamma (z_{k-1} - Phi(z_k; sigma_k -> sigma_{k-1}))
+
+i.e. the forward DDIM increment plus ``gamma`` times the mismatch of the backward DDIM increment
+(``gamma = 0`` is DDIM; ``gamma = 1``, the default, is the symmetric, time-reversible update). The
+first decode step is a plain DDIM step. Solving for ``z_{k-1}`` gives the exact inverse, 1
+evaluation per step. Because the update uses two states, the latent is the pair
+``(z_0, z_1)`` at ``(sigma_0, sigma_1)``; the encode starts with one naive DDIM inverse step from
+the data to ``sigma_{N-1}`` (which fixes ``z_{N-1}``), and decoding the pair reproduces the data
+exactly whatever that first step was. Decoding ``z_0`` alone (sampling) takes the plain first DDIM step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..models import EpsilonModel
+from ..solvers import Context
+from ..solvers.base import boundary_step
+from ._common import ddim_coefficients
+
+__all__ = ["EdictLatent", "edict_encode", "edict_decode", "BdiaLatent", "bdia_encode", "bdia_decode"]
+
+
+def _check_p(p: float) -> float:
+    if not 0.0 < float(p) <= 1.0:
+        raise ValueError(f"EDICT mixing parameter `p` must lie in (0, 1] (paper: 0.93), got {p!r}.")
+    return float(p)
+
+
+def _check_gamma(gamma: float) -> float:
+    if not 0.0 < float(gamma) <= 1.0:
+        raise ValueError(
+            f"BDIA `gamma` must lie in (0, 1] (paper: 1.0; gamma = 0 is plain DDIM, which has no exact "
+            f"inverse), got {gamma!r}."
+        )
+    return float(gamma)
+
+
+def _levels(sigmas: Tensor) -> list[float]:
+    return [float(v) for v in sigmas.tolist()]
+
+
+@dataclass
+class EdictLatent:
+    """The EDICT state: both chains at one noise level."""
+
+    x: Tensor
+    y: Tensor
+
+
+def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: float = 0.93) -> EdictLatent:
+    """Decode the pair along the decreasing grid ``sigmas`` (EDICT eq. 10-12, 2 NFE per step).
+    The data estimate is ``.x`` of the result."""
+    p = _check_p(p)
+    s = _levels(sigmas)
+    x, y = latent.x, latent.y
+    for i in range(len(s) - 1):
+        model.step_hint = i
+        a, b = ddim_coefficients(model, s[i], s[i + 1])
+        x_in = torch.add(x * a, model.predict(y, s[i]).eps, alpha=b)
+        y_in = torch.add(y * a, model.predict(x_in, s[i]).eps, alpha=b)
+        x = torch.lerp(y_in, x_in, p)  # p x_in + (1 - p) y_in
+        y = torch.lerp(x, y_in, p)  # p y_in + (1 - p) x'
+    model.step_hint = None
+    return EdictLatent(x, y)
+
+
+def edict_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, p: float = 0.93,
+                 y0: Optional[Tensor] = None) -> EdictLatent:
+    """Encode data ``x0`` (state at ``sigmas[-1]``) to the EDICT pair at ``sigmas[0]`` by the exact
+    inverse of :func:`edict_decode` (EDICT eq. 14), 2 NFE per step. ``y0`` defaults to ``x0``."""
+    p = _check_p(p)
+    s = _levels(sigmas)
+    x, y = x0, (x0 if y0 is None else y0)
+    for i in range(len(s) - 2, -1, -1):
+        model.step_hint = i
+        a, b = ddim_coefficients(model, s[i], s[i + 1])
+        y_in = (y - x * (1 - p)) / p
+        x_in = (x - y_in * (1 - p)) / p
+        y = (y_in - model.predict(x_in, s[i]).eps * b) / a
+        x = (x_in - model.predict(y, s[i]).eps * b) / a
+    model.step_hint = None
+    return EdictLatent(x, y)
+
+
+@dataclass
+class BdiaLatent:
+    """The BDIA state: ``z0`` at ``sigmas[0]`` and ``z1`` at ``sigmas[1]`` (``z1`` is ``None`` for a
+    plain sample, whose first step is DDIM)."""
+
+    z0: Tensor
+    z1: Optional[Tensor]
+
+
+def _bdia_pair_step(model: EpsilonModel, prev: Tensor, z: Tensor, s_prev: float, s: float, s_next: float,
+                    gamma: float, forward: bool) -> Tensor:
+    """One BDIA update around ``z`` at ``s``. forward: ``prev`` is ``z_{k-1}`` at ``s_prev`` (noisier),
+    returns ``z_{k+1}`` at ``s_next``; else ``prev`` is ``z_{k+1}`` and returns ``z_{k-1}``."""
+    eps = model.predict(z, s).eps
+    a_dn, b_dn = ddim_coefficients(model, s, s_next)
+    a_up, b_up = ddim_coefficients(model, s, s_prev)
+    down = torch.add(z * a_dn, eps, alpha=b_dn)
+    up = torch.add(z * a_up, eps, alpha=b_up)
+    if forward:
+        return torch.add(down, prev - up, alpha=gamma)
+    return torch.add(up, prev - down, alpha=1.0 / gamma)
+
+
+def bdia_decode(model: EpsilonModel, latent: BdiaLatent, sigmas: Tensor, gamma: float = 1.0) -> Tensor:
+    """Decode along the decreasing grid ``sigmas`` (1 NFE per step; the first step is DDIM when
+    ``latent.z1`` is ``None``)."""
+    gamma = _check_gamma(gamma)
+    s = _levels(sigmas)
+    n = len(s) - 1
+    z_prev = latent.z0
+    if latent.z1 is None:
+        ctx = Context(model=model, sigmas=sigmas)
+        z, _ = boundary_step(ctx, z_prev, s[0], s[1])
+    else:
+        z = latent.z1
+    for k in range(1, n):
+        model.step_hint = k
+        z_prev, z = z, _bdia_pair_step(model, z_prev, z, s[k - 1], s[k], s[k + 1], gamma, forward=True)
+    model.step_hint = None
+    return z
+
+
+def bdia_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, gamma: float = 1.0) -> BdiaLatent:
+    """Encode data ``x0`` (state at ``sigmas[-1]``) to the BDIA pair ``(z_0, z_1)``: one naive DDIM
+    inverse step to ``sigmas[-2]``, then the exact inverse update (1 NFE per step)."""
+    gamma = _check_gamma(gamma)
+    s = _levels(sigmas)
+    n = len(s) - 1
+    ctx = Context(model=model, sigmas=torch.flip(sigmas, [0]))
+    ctx.step = n - 1
+    z_next, z = x0, boundary_step(ctx, x0, s[n], s[n - 1])[0]
+    for k in range(n - 1, 0, -1):
+        model.step_hint = k
+        z, z_next = _bdia_pair_step(model, z_next, z, s[k - 1], s[k], s[k + 1], gamma, forward=False), z
+    model.step_hint = None
+    return BdiaLatent(z, z_next)
