@@ -196,7 +196,8 @@ def _load_object(spec: str) -> Any:
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise ValueError(f"`problem` {spec!r}: cannot import module {mod_name!r} ({exc}); is it on PYTHONPATH?") from exc
+        raise ValueError(f"`problem` {spec!r}: cannot import module {mod_name!r} ({exc}); "
+                         "is it on PYTHONPATH?") from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -716,8 +717,12 @@ def run_cell(problem: Problem, cell: Cell, refs: _ReferenceCache, *, device: Uni
     return rec
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = True,
-              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> tuple[list[dict[str, Any]], list[str]]:
+              log: Callable[[str], None] = _stderr) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every cell of ``spec`` not yet in ``results`` (a JSON-lines file), appending each record
     as it finishes. Returns ``(records of this grid, messages about unknown solvers)``.
 
@@ -795,7 +800,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
              json.dumps(r.get("options", {}), sort_keys=True))
         groups.setdefault(k, []).append(r)
     rows = []
-    for (prob, label, budget, _), rs in groups.items():
+    for rs in groups.values():
         row = dict(rs[0])
         for f in ("rmse", "max_err", "sw", "sw_ref", "seconds", "peak_mem_bytes", "nfe"):
             row[f] = _mean([r.get(f) for r in rs if r.get(f) is not None])  # type: ignore[misc]
@@ -855,7 +860,7 @@ def markdown_table(records: Sequence[dict[str, Any]], missing: Sequence[str] = (
         out.append("Not run (not registered in this build):\n")
         out += [f"- {m}" for m in missing]
         out.append("")
-    methods = sorted({r.get("mem_method") for r in records if r.get("mem_method")})
+    methods = sorted({str(r["mem_method"]) for r in records if r.get("mem_method")})
     if methods:
         out.append(f"Peak memory measured by: {', '.join(methods)} (see flowode.bench.MemoryMeter). "
                    "SW = sliced 2-Wasserstein distance to fresh data samples; the bracket is the reference "
