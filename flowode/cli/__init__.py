@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: subcommand modules, in the order ``flowode --help`` lists them
 COMMANDS = ["demo", "solvers"]
+COMMANDS += ["bench", "plot", "trajectories", "sample"]  # bench helper
 
 
 def build_parser() -> argparse.ArgumentParser:
