@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+from typing import Any
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -17,7 +18,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     return p
 
 
-def _info(name: str, cls: type) -> dict:  # type: ignore[type-arg]
+def _info(name: str, cls: Any) -> dict[str, Any]:
     nfe = "adaptive" if getattr(cls, "adaptive", False) or math.isnan(cls.nfe_per_step) else f"{cls.nfe_per_step:g}"
     opts = {}
     for f in dataclasses.fields(cls):
