@@ -127,7 +127,8 @@ class EpsilonModel:
         self.nfe = 0
         self.network_passes = 0
         self.step_hint: Optional[int] = None  # set by the driver so errors can name the step
-        self._coef_cache: dict[float, tuple[float, float, float]] = {}
+        self._coef_cache: dict[float, tuple[float, float]] = {}
+        self._t_cache: dict[float, float] = {}
         self._coef_owner: Optional[Schedule] = None
 
     # ----------------------------------------------------------------------------- counting
@@ -136,26 +137,36 @@ class EpsilonModel:
         self.network_passes = 0
 
     # ----------------------------------------------------------------------------- network
-    def coefficients(self, sigma: float) -> tuple[float, float, float]:
-        """``(alpha, std, t)`` at the noise level ``sigma``, memoised per ``sigma`` (a sampling loop
-        asks for the same few levels at every step and every run; the schedule's tensor maths costs
-        more than a cheap network call). ``t`` for ``sigma = 0`` is the smallest trained timestep."""
+    def coefficients(self, sigma: float) -> tuple[float, float]:
+        """``(alpha, std)`` at the noise level ``sigma``, memoised per ``sigma`` (a sampling loop asks
+        for the same few levels at every step and every run, and the schedule's tensor maths costs
+        more than a cheap network call)."""
         cache = self._coef_cache
         if self._coef_owner is not self.schedule or len(cache) > 65536:  # schedule swapped / unbounded grids
             cache.clear()
+            self._t_cache.clear()
             self._coef_owner = self.schedule
         hit = cache.get(sigma)
         if hit is None:
             sched = self.schedule
-            # sigma = 0 (clean data, first step of an encode) is evaluated at the smallest trained
-            # noise level, as diffusers' DDIMInverseScheduler does; the conversions still use sigma=0.
-            s = max(sigma, sched.sigma_min) if sigma == 0.0 else sigma
-            hit = (float(sched.alpha_from_sigma(sigma)), float(sched.std_from_sigma(sigma)), float(sched.t(s)))
+            hit = (float(sched.alpha_from_sigma(sigma)), float(sched.std_from_sigma(sigma)))
             cache[sigma] = hit
         return hit
 
+    def timestep(self, sigma: float) -> float:
+        """The network's native timestep at ``sigma`` (memoised). ``sigma = 0`` (clean data, first
+        step of an encode) is evaluated at the smallest trained noise level, as diffusers'
+        DDIMInverseScheduler does; the conversions still use ``sigma = 0``."""
+        self.coefficients(sigma)  # validates the cache owner
+        t = self._t_cache.get(sigma)
+        if t is None:
+            sched = self.schedule
+            t = float(sched.t(max(sigma, sched.sigma_min) if sigma == 0.0 else sigma))
+            self._t_cache[sigma] = t
+        return t
+
     def _timesteps(self, x: Tensor, sigma: float) -> Tensor:
-        return torch.full((x.shape[0],), self.coefficients(sigma)[2], dtype=x.dtype, device=x.device)
+        return torch.full((x.shape[0],), self.timestep(sigma), dtype=x.dtype, device=x.device)
 
     def network(self, x: Tensor, sigma: float) -> Tensor:
         """Raw network output at noise level ``sigma`` (one NFE). Subclasses may override."""
@@ -238,7 +249,7 @@ class EpsilonModel:
         ``sigma`` is a Python float (or a 0-d tensor) shared by the whole batch.
         """
         sigma = float(sigma)
-        alpha, std, _ = self.coefficients(sigma)
+        alpha, std = self.coefficients(sigma)
         outs = self._raw(x, sigma)
         for out in outs:
             self._check(out, x, sigma)
