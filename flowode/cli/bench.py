@@ -103,7 +103,8 @@ def write_outputs(records: list[dict[str, Any]], missing: list[str], out: Path, 
         for fmt in formats:
             try:
                 paths.append(plot_trajectories(prob, list(specs.values())[:4], out / f"trajectories_{name}.{fmt}",
-                                               nfe=nfe, samples=min(128, spec.samples or 128)))
+                                               nfe=nfe, samples=min(128, spec.samples or 128),
+                                               spacing=spec.spacings[0] if len(spec.spacings) == 1 else None))
             except ValueError as exc:
                 print(f"flowode bench: no trajectory figure for {name}: {exc}", file=sys.stderr)
     return paths
