@@ -156,7 +156,7 @@ def plot_time_vs_error(records: Sequence[Mapping[str, Any]], path: PathLike, *, 
             if not rows:
                 continue
             st = series_style(i)
-            rows = sorted(rows, key=lambda r: r["seconds"])
+            rows = sorted(rows, key=lambda r: r["nfe"])  # a series runs along its NFE budgets
             ax.plot([r["seconds"] for r in rows], [r[metric] for r in rows], label=label, markersize=6,
                     linewidth=0.8, alpha=0.9, **st)
             pts += [(r["seconds"], r[metric]) for r in rows]

@@ -41,8 +41,14 @@ def load_config(path: str) -> dict[str, Any]:
     if not p.exists():
         raise ValueError(f"`--config` file {path!r} does not exist.")
     if p.suffix.lower() == ".toml":
-        import tomllib
-
+        try:
+            import tomllib  # Python >= 3.11
+        except ImportError:  # pragma: no cover - Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise ValueError("reading a .toml `--config` on Python 3.10 needs `pip install tomli`; "
+                                 "or use a .json file.") from None
         data = tomllib.loads(p.read_text())
     elif p.suffix.lower() == ".json":
         data = json.loads(p.read_text())
