@@ -259,3 +259,63 @@ def test_bench_cli_killed_midway_loses_and_repeats_nothing(tmp_path):
     assert all(r["error"] is None and r["rmse"] > 0 for r in recs)
     assert {(r["solver"], r["nfe_budget"]) for r in recs} == {(s, n) for s in ("ddim", "heun")
                                                                for n in (3, 6, 9, 12, 15, 18)}
+
+
+# ------------------------------------------------------------------------------------------- adaptive solvers
+@pytest.fixture
+def toy_adaptive():
+    """A stand-in adaptive solver (DDIM on an internal log-SNR grid whose size follows rtol), registered
+    for one test only: the engine must handle adaptive solvers whichever ones a build has."""
+    import dataclasses
+    import math as _m
+
+    from flowode.solvers import SOLVERS, Solver, register
+    from flowode.solvers.base import boundary_step
+
+    @dataclasses.dataclass
+    class ToyAdaptive(Solver):
+        rtol: float = 1e-3
+        atol: float = 1e-3
+        name = "toy_adaptive_test"
+        order = 1
+        nfe_per_step = float("nan")
+        adaptive = True
+        source = "test stand-in"
+
+        def solve(self, ctx, x):
+            s0, s1 = ctx.sigma_list[0], ctx.sigma_list[-1]
+            n = max(2, int(round(1 / self.rtol ** 0.5)))
+            lo = ctx.model.schedule.sigma_min
+            inner = [_m.exp(_m.log(s0) + (_m.log(lo) - _m.log(s0)) * i / (n - 1)) for i in range(n)]
+            grid = inner + ([s1] if s1 < lo else [])
+            sizes, sig = [], []
+            for a, b in zip(grid[:-1], grid[1:]):
+                x, _ = boundary_step(ctx, x, a, b)
+                sizes.append(b - a)
+                sig.append(a)
+            ctx.stats.update(step_sizes=sizes, step_sigmas=sig, accepted=len(sizes), rejected=0)
+            return x
+
+    register(ToyAdaptive)
+    yield ToyAdaptive.name
+    SOLVERS.pop(ToyAdaptive.name)
+
+
+def test_adaptive_solvers_run_per_tolerance(tmp_path, toy_adaptive):
+    from flowode import plot
+
+    spec = BenchSpec(problems=["gaussian"], solvers=["ddim", toy_adaptive], nfe=[5], tolerances=[1e-2, 1e-4],
+                     samples=16)
+    recs, _ = run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
+    ada = [r for r in recs if r["solver"] == toy_adaptive]
+    assert len(ada) == 2 and all(r["nfe_budget"] is None and r["adaptive"] for r in ada)
+    assert sorted(r["options"]["rtol"] for r in ada) == [1e-4, 1e-2]
+    assert all(r["accepted"] == r["nfe"] for r in ada)
+    tight = next(r for r in ada if r["options"]["rtol"] == 1e-4)
+    loose = next(r for r in ada if r["options"]["rtol"] == 1e-2)
+    assert tight["nfe"] > loose["nfe"] and tight["rmse"] < loose["rmse"]
+    assert "rtol 0.0001" in markdown_table(recs)
+    prob = get_problem("gmm2d")
+    sol = flowode.integrate(prob.model, prob.prior(4, 100.0, 0), [100.0, 0.0], toy_adaptive)
+    assert plot.plot_step_sizes({"toy": sol}, tmp_path / "s.png").exists()
+    assert plot.plot_trajectories(prob, ["ddim", toy_adaptive], tmp_path / "t.png", nfe=5, samples=4).exists()

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import get_problem, parse_solver_spec
     from ..integrate import sample
     from ..plot import plot_denoised_grid
+    from ..solvers import get_class
 
     out = Path(args.out)
     ext = out.suffix.lower()
@@ -75,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
     prob = get_problem(args.problem)
     name, opts = parse_solver_spec(args.solver)
     steps, nfe = args.steps, args.nfe
-    if steps is None and nfe is None:
+    if get_class(name).adaptive:  # it picks its own steps between sigma_max and 0
+        if nfe is not None:
+            raise ValueError(f"solver {name!r} is adaptive: give its tolerance as an option, e.g. "
+                             f"'{name}[rtol=1e-4]', not `--nfe`.")
+        steps = 1
+    elif steps is None and nfe is None:
         nfe = 20
     sched = prob.model.schedule
     x_T = prob.prior(args.samples, sched.sigma_max, args.seed, args.device)
