@@ -149,8 +149,29 @@ def test_user_problem_from_module_path(tmp_path, monkeypatch):
 
 
 def test_unknown_problem_message():
-    with pytest.raises(ValueError, match="gmm2d"):
+    with pytest.raises(ValueError, match="gmm2d") as exc:
         get_problem("definitely_not_a_problem")
+    if not hasattr(flowode, "load_pretrained"):
+        assert "checkpoints are unavailable" in str(exc.value)
+
+
+def test_shipped_checkpoint_through_load_pretrained(monkeypatch):
+    class Shipped:  # the shape a checkpoint loader may return: a model plus its sample shape and data
+        def __init__(self):
+            self.model = flowode.EpsilonModel(lambda x, t: torch.zeros_like(x), flowode.DiscreteVPSchedule.linear())
+            self.sample_shape = (1, 4, 4)
+            self.data = torch.zeros(10, 1, 4, 4)
+
+    def fake_loader(name):
+        if name != "tiny":
+            raise KeyError(name)
+        return Shipped()
+
+    monkeypatch.setattr(flowode, "load_pretrained", fake_loader, raising=False)
+    prob = get_problem("tiny")
+    assert prob.shape == (1, 4, 4) and prob.images and prob.data is not None
+    with pytest.raises(ValueError, match="load_pretrained"):
+        get_problem("not_shipped")
 
 
 # ------------------------------------------------------------------------------------------- metrics
