@@ -68,7 +68,7 @@ def _discrete_timesteps(schedule: DiscreteVPSchedule, steps: int, spacing: str, 
     if spacing == "leading":
         ts = (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.int64) + offset
     elif spacing == "trailing":
-        ts = np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
+        ts = np.round(n - np.arange(steps) * (n / steps)).astype(np.int64) - 1  # arange(n, 0, -n/S) minus a stray ~0
     elif spacing == "linspace":
         ts = np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
     else:  # quadratic, DDIM paper's code

@@ -127,6 +127,9 @@ class EpsilonModel:
         self.nfe = 0
         self.network_passes = 0
         self.step_hint: Optional[int] = None  # set by the driver so errors can name the step
+        self._coef_cache: dict[float, tuple[float, float]] = {}
+        self._t_cache: dict[float, float] = {}
+        self._coef_owner: Optional[Schedule] = None
 
     # ----------------------------------------------------------------------------- counting
     def reset_nfe(self) -> None:
@@ -134,13 +137,36 @@ class EpsilonModel:
         self.network_passes = 0
 
     # ----------------------------------------------------------------------------- network
+    def coefficients(self, sigma: float) -> tuple[float, float]:
+        """``(alpha, std)`` at the noise level ``sigma``, memoised per ``sigma`` (a sampling loop asks
+        for the same few levels at every step and every run, and the schedule's tensor maths costs
+        more than a cheap network call)."""
+        cache = self._coef_cache
+        if self._coef_owner is not self.schedule or len(cache) > 65536:  # schedule swapped / unbounded grids
+            cache.clear()
+            self._t_cache.clear()
+            self._coef_owner = self.schedule
+        hit = cache.get(sigma)
+        if hit is None:
+            sched = self.schedule
+            hit = (float(sched.alpha_from_sigma(sigma)), float(sched.std_from_sigma(sigma)))
+            cache[sigma] = hit
+        return hit
+
+    def timestep(self, sigma: float) -> float:
+        """The network's native timestep at ``sigma`` (memoised). ``sigma = 0`` (clean data, first
+        step of an encode) is evaluated at the smallest trained noise level, as diffusers'
+        DDIMInverseScheduler does; the conversions still use ``sigma = 0``."""
+        self.coefficients(sigma)  # validates the cache owner
+        t = self._t_cache.get(sigma)
+        if t is None:
+            sched = self.schedule
+            t = float(sched.t(max(sigma, sched.sigma_min) if sigma == 0.0 else sigma))
+            self._t_cache[sigma] = t
+        return t
+
     def _timesteps(self, x: Tensor, sigma: float) -> Tensor:
-        sched = self.schedule
-        # sigma = 0 (clean data, first step of an encode) is evaluated at the smallest trained
-        # noise level, as diffusers' DDIMInverseScheduler does; the conversions still use sigma=0.
-        s = max(sigma, sched.sigma_min) if sigma == 0.0 else sigma
-        t = float(sched.t(s))
-        return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        return torch.full((x.shape[0],), self.timestep(sigma), dtype=x.dtype, device=x.device)
 
     def network(self, x: Tensor, sigma: float) -> Tensor:
         """Raw network output at noise level ``sigma`` (one NFE). Subclasses may override."""
@@ -162,16 +188,22 @@ class EpsilonModel:
         self.network_passes += 1
         return [self.network(x, sigma)]
 
+    def _where(self, sigma: float) -> str:
+        return f"at sigma={sigma:.6g}" + ("" if self.step_hint is None else f" (step {self.step_hint})")
+
     def _check(self, out: Tensor, x: Tensor, sigma: float) -> None:
-        where = f"at sigma={sigma:.6g}" + ("" if self.step_hint is None else f" (step {self.step_hint})")
         if not isinstance(out, Tensor) or out.shape != x.shape:
+            where = self._where(sigma)
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise NetworkOutputError(
                 f"the network returned shape {shape} {where}, expected {tuple(x.shape)} "
                 "(the shape of the state x). Check the network's output channels."
             )
-        if self.check_finite and not bool(torch.isfinite(out).all()):
+        # one reduction first (NaN / Inf propagate through a sum); the exact element-wise test only
+        # when the sum is not finite (a bad entry, or a sum that overflowed)
+        if self.check_finite and not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
             bad = (~torch.isfinite(out)).flatten(1).any(1).nonzero().flatten().tolist()
+            where = self._where(sigma)
             raise NetworkOutputError(
                 f"the network returned NaN/Inf {where} for samples {bad[:10]}"
                 f"{' ...' if len(bad) > 10 else ''}. Lower the step size, check the inputs, or "
@@ -217,9 +249,7 @@ class EpsilonModel:
         ``sigma`` is a Python float (or a 0-d tensor) shared by the whole batch.
         """
         sigma = float(sigma)
-        sched = self.schedule
-        alpha = float(sched.alpha_from_sigma(sigma))
-        std = float(sched.std_from_sigma(sigma))
+        alpha, std = self.coefficients(sigma)
         outs = self._raw(x, sigma)
         for out in outs:
             self._check(out, x, sigma)

@@ -18,6 +18,7 @@ All time-like quantities are computed in float64, whatever dtype the state uses.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Union
 
@@ -150,12 +151,12 @@ class Schedule:
         out = -s / (1.0 + s * s) if self.family == "vp" else torch.zeros_like(s)
         return _like(out, sigma)
 
-    @property
+    @functools.cached_property  # schedules are immutable; the discrete one interpolates (slow)
     def sigma_min(self) -> float:
         """Smallest noise level the network was trained on (``sigma(t_min)``)."""
         return float(self._sigma(_f64(self.t_min)))
 
-    @property
+    @functools.cached_property  # schedules are immutable; the discrete one interpolates (slow)
     def sigma_max(self) -> float:
         """Largest noise level the network was trained on (``sigma(t_max)``); may be ``inf``."""
         return float(self._sigma(_f64(self.t_max)))

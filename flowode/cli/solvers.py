@@ -1,26 +1,53 @@
-"""``flowode solvers``: list every registered solver with its order, NFE per step and source."""
+"""``flowode solvers``: list every registered solver with its order, NFE per step, options and source."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
+from typing import Any
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
-    return sub.add_parser("solvers", help="list registered solvers (order, NFE per step, source)",
-                          description="List every registered solver with its order, NFE per step and source.")
+    p = sub.add_parser("solvers", help="list registered solvers (order, NFE per step, source)",
+                       description="List every registered solver: name, order, NFE per step, kind "
+                                   "(S = stochastic, A = adaptive, M = multistep), options with defaults, source.")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--verbose", "-v", action="store_true", help="also show each solver's options")
+    return p
+
+
+def _info(name: str, cls: Any) -> dict[str, Any]:
+    nfe = "adaptive" if getattr(cls, "adaptive", False) or math.isnan(cls.nfe_per_step) else f"{cls.nfe_per_step:g}"
+    opts = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        opts[f.name] = default
+    stoch = cls.__dict__.get("stochastic", getattr(cls, "stochastic", False))
+    kind = "".join(k for k, flag in (("S", stoch is True), ("A", getattr(cls, "adaptive", False)),
+                                     ("M", getattr(cls, "multistep", False))) if flag)
+    return {"name": name, "order": cls.order, "nfe_per_step": nfe, "kind": kind, "options": opts,
+            "source": cls.source}
 
 
 def run(args: argparse.Namespace) -> int:
     from ..solvers import SOLVERS
 
-    rows = []
-    for name in sorted(SOLVERS):
-        cls = SOLVERS[name]
-        nfe = "adaptive" if cls.adaptive or math.isnan(cls.nfe_per_step) else f"{cls.nfe_per_step:g}"
-        rows.append((name, str(cls.order), nfe, cls.source))
-    widths = [max(len(r[i]) for r in rows + [("solver", "order", "NFE/step", "")]) for i in range(3)]
-    print(f"{'solver':<{widths[0]}}  {'order':>{widths[1]}}  {'NFE/step':>{widths[2]}}  source")
+    rows = [_info(n, SOLVERS[n]) for n in sorted(SOLVERS)]
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    cols = [("solver", "name"), ("order", "order"), ("NFE/step", "nfe_per_step"), ("kind", "kind")]
+    w = [max(len(h), *(len(str(r[k])) for r in rows)) for h, k in cols]
+    print("  ".join(f"{h:<{w[i]}}" for i, (h, _) in enumerate(cols)) + "  source")
     for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
+        print("  ".join(f"{str(r[k]):<{w[i]}}" for i, (_, k) in enumerate(cols)) + f"  {r['source']}")
+        if args.verbose and r["options"]:
+            print(" " * (sum(w) + 8) + "options: " + ", ".join(f"{k}={v!r}" for k, v in r["options"].items()))
+    print("\nkind: S = stochastic, A = adaptive, M = multistep. Options: `flowode solvers -v`; pass them as "
+          "'name[key=value]' to `flowode bench`.")
     return 0

@@ -77,7 +77,7 @@ class Context:
         return self.model.predict(x, sigma)
 
     def alpha(self, sigma: float) -> float:
-        return float(self.model.schedule.alpha_from_sigma(sigma))
+        return self.model.coefficients(sigma)[0]
 
     def field(self, coordinates: str) -> ProbabilityFlow:
         return ProbabilityFlow(self.model, coordinates)
@@ -177,4 +177,5 @@ class OneStepSolver(Solver):
             ctx.step = i
             x, pred = self.step(ctx, x, s[i], s[i + 1])
             ctx.record(x, s[i + 1], pred)
+            del pred  # it may hold the previous state: free that buffer before the next step allocates
         return x

@@ -1,0 +1,62 @@
+"""Helpers shared by the ``flowode`` subcommands (not a subcommand itself)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+
+def csv(text: Optional[str]) -> Optional[list[str]]:
+    """``"a,b[x=1,y=2]"`` -> ``["a", "b[x=1,y=2]"]`` (commas inside brackets stay); ``None`` stays."""
+    if text is None:
+        return None
+    from ..bench import split_list
+
+    return split_list(text)
+
+
+def ints(text: Optional[str], name: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"`{name}` must be comma-separated integers, e.g. 5,10,20; got {text!r}.") from None
+
+
+def floats(text: Optional[str], name: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"`{name}` must be comma-separated numbers, e.g. 1e-3,1e-4; got {text!r}.") from None
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """A benchmark grid from a ``.toml`` or ``.json`` file (keys as the ``flowode bench`` flags:
+    problems, solvers, nfe, spacings, seeds, samples, tolerances, device, repeats, out, formats)."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"`--config` file {path!r} does not exist.")
+    if p.suffix.lower() == ".toml":
+        try:
+            import tomllib  # Python >= 3.11
+        except ImportError:  # pragma: no cover - Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise ValueError("reading a .toml `--config` on Python 3.10 needs `pip install tomli`; "
+                                 "or use a .json file.") from None
+        data = tomllib.loads(p.read_text())
+    elif p.suffix.lower() == ".json":
+        data = json.loads(p.read_text())
+    else:
+        raise ValueError(f"`--config` {path!r}: use a .toml or .json file.")
+    if not isinstance(data, dict):
+        raise ValueError(f"`--config` {path!r} must hold a table / object of settings.")
+    if isinstance(data.get("bench"), dict):  # allow a [bench] table
+        data = data["bench"]
+    aliases = {"problem": "problems", "solver": "solvers", "spacing": "spacings", "seed": "seeds"}
+    return {aliases.get(k, k): v for k, v in data.items()}

@@ -1,0 +1,342 @@
+"""Benchmark engine and plots: records, resume after SIGKILL, references, metrics, figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import flowode
+from flowode import bench
+from flowode.bench import (
+    BenchSpec,
+    Cell,
+    append_record,
+    cell_key,
+    get_problem,
+    load_results,
+    markdown_table,
+    parse_solver_spec,
+    run_bench,
+    sliced_wasserstein,
+    split_list,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------- parsing
+def test_split_and_parse_solver_specs():
+    assert split_list("ddim, heun[coordinates=lambda,x=1],rk4") == ["ddim", "heun[coordinates=lambda,x=1]", "rk4"]
+    assert parse_solver_spec("ddim[eta=0.5]") == ("ddim", {"eta": 0.5})
+    assert parse_solver_spec("heun[coordinates=lambda]") == ("heun", {"coordinates": "lambda"})
+    assert parse_solver_spec({"name": "ddim", "options": {"eta": 1}}) == ("ddim", {"eta": 1})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_solver_spec("ddim[eta]")
+
+
+def test_resolve_solvers_reports_unknown_and_rejects_bad_options():
+    ok, missing = bench.resolve_solvers(["ddim", "no_such_solver"])
+    assert ok == [("ddim", {})] and len(missing) == 1 and "no_such_solver" in missing[0]
+    with pytest.raises(TypeError, match="unknown option"):
+        bench.resolve_solvers(["ddim[etaa=1]"])
+
+
+def test_cell_key_is_canonical():
+    a = cell_key("gmm2d", "ddim", 5, None, 0, {"b": 1, "a": 2}, 64)
+    b = cell_key("gmm2d", "ddim", 5, None, 0, {"a": 2, "b": 1}, 64)
+    assert a == b and a != cell_key("gmm2d", "ddim", 6, None, 0, {"a": 2, "b": 1}, 64)
+
+
+# ------------------------------------------------------------------------------------------- records
+def test_append_and_load_skip_torn_and_duplicate_lines(tmp_path):
+    p = tmp_path / "r.jsonl"
+    append_record(p, {"key": "a", "rmse": 1.0})
+    append_record(p, {"key": "b", "rmse": float("nan")})  # non-finite -> null (strict JSON)
+    append_record(p, {"key": "a", "rmse": 3.0})
+    with open(p, "a") as f:
+        f.write('{"key": "c", "rm')  # a torn last line
+    recs = load_results(p)
+    assert [r["key"] for r in recs] == ["a", "b"]
+    assert recs[0]["rmse"] == 1.0 and recs[1]["rmse"] is None
+    for line in p.read_text().splitlines()[:3]:
+        json.loads(line)  # strict JSON, one object per line
+
+
+# ------------------------------------------------------------------------------------------- engine
+def test_run_bench_records_and_resume(tmp_path):
+    spec = BenchSpec(problems=["gaussian"], solvers=["ddim", "heun", "not_registered_xyz"], nfe=[4, 8], samples=32)
+    out = tmp_path / "results.jsonl"
+    recs, missing = run_bench(spec, out, progress=False, log=lambda m: None)
+    assert len(recs) == 4 and len(missing) == 1
+    for r in recs:
+        assert r["error"] is None
+        for k in ("problem", "solver", "nfe", "rmse", "max_err", "seconds", "peak_mem_bytes", "mem_method",
+                  "sw", "sw_ref", "steps", "nfe_budget"):
+            assert k in r, k
+        assert r["nfe"] <= r["nfe_budget"] and r["reference"] == "closed_form"
+        assert 0 < r["rmse"] <= r["max_err"]
+    heun8 = next(r for r in recs if r["solver"] == "heun" and r["nfe_budget"] == 8)
+    assert heun8["nfe"] == 7 and heun8["steps"] == 4  # 3 two-stage steps + the final boundary step
+    size = out.stat().st_size
+    recs2, _ = run_bench(spec, out, progress=False, log=lambda m: None)
+    assert out.stat().st_size == size  # nothing repeated
+    assert [r["key"] for r in recs2] == [r["key"] for r in recs]
+    table = markdown_table(recs2, missing)
+    assert "| ddim |" in table and "not_registered_xyz" in table
+
+
+def test_closed_form_reference_matches_reference_solve():
+    prob = get_problem("gaussian")
+    sched = prob.model.schedule
+    x = prob.prior(16, sched.sigma_max, 0)
+    exact = prob.exact(x, sched.sigma_max, 0.0)
+    ref = flowode.reference_solve(prob.model, x, sched.sigma_max, 0.0)
+    assert torch.allclose(exact, ref, atol=1e-7)
+
+
+def test_reference_cache_reuses_solves(tmp_path):
+    prob = get_problem("gmm2d")
+    cache = bench._ReferenceCache(tmp_path / "refs")
+    x = prob.prior(8, 10.0, 0)
+    a, kind = cache.get(prob, x, 0, 10.0, 0.0)
+    assert kind == "reference_solve" and len(list((tmp_path / "refs").glob("*.pt"))) == 1
+    fresh = bench._ReferenceCache(tmp_path / "refs")  # a resumed run reads it from disk
+    b, _ = fresh.get(prob, x, 0, 10.0, 0.0)
+    assert torch.equal(a, b)
+
+
+def test_failed_cell_is_recorded_not_retried(tmp_path, monkeypatch):
+    spec = BenchSpec(problems=["gaussian"], solvers=["ddim"], nfe=[3], samples=8)
+    calls = []
+
+    def boom(*a, **k):
+        calls.append(1)
+        raise RuntimeError("network exploded")
+
+    monkeypatch.setattr(bench, "run_cell", boom)
+    recs, _ = run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
+    assert "network exploded" in recs[0]["error"]
+    run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
+    assert len(calls) == 1
+    assert "Failed cells" in markdown_table(recs)
+
+
+def test_user_problem_from_module_path(tmp_path, monkeypatch):
+    (tmp_path / "userprob.py").write_text(textwrap.dedent("""
+        import torch, flowode
+        def make():
+            sched = flowode.DiscreteVPSchedule.linear()
+            net = lambda x, t: torch.zeros_like(x)   # eps = 0: the data are a point mass at x/alpha
+            return flowode.EpsilonModel(net, sched), (3,), torch.zeros(100, 3)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prob = get_problem("userprob:make")
+    assert prob.shape == (3,) and prob.dtype == torch.float32 and prob.data is not None
+    cell = Cell("userprob:make", "ddim", {}, 5, None, 0, 16)
+    rec = bench.run_cell(prob, cell, bench._ReferenceCache(None))
+    assert rec["reference"] == "reference_solve" and rec["rmse"] < 1e-4
+    with pytest.raises(ValueError, match="no attribute"):
+        get_problem("userprob:nothing")
+
+
+def test_unknown_problem_message():
+    with pytest.raises(ValueError, match="gmm2d") as exc:
+        get_problem("definitely_not_a_problem")
+    if not hasattr(flowode, "load_pretrained"):
+        assert "checkpoints are unavailable" in str(exc.value)
+
+
+def test_shipped_checkpoint_through_load_pretrained(monkeypatch):
+    class Shipped:  # the shape a checkpoint loader may return: a model plus its sample shape and data
+        def __init__(self):
+            self.model = flowode.EpsilonModel(lambda x, t: torch.zeros_like(x), flowode.DiscreteVPSchedule.linear())
+            self.sample_shape = (1, 4, 4)
+            self.data = torch.zeros(10, 1, 4, 4)
+
+    def fake_loader(name):
+        if name != "tiny":
+            raise KeyError(name)
+        return Shipped()
+
+    monkeypatch.setattr(flowode, "load_pretrained", fake_loader, raising=False)
+    prob = get_problem("tiny")
+    assert prob.shape == (1, 4, 4) and prob.images and prob.data is not None
+    with pytest.raises(ValueError, match="load_pretrained"):
+        get_problem("not_shipped")
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def test_sliced_wasserstein():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 1, generator=g, dtype=torch.float64)
+    assert sliced_wasserstein(a, a) == 0.0
+    assert sliced_wasserstein(a, a + 0.5) == pytest.approx(0.5, rel=1e-9)  # 1-D: exactly the shift
+    b = torch.randn(500, 8, generator=g, dtype=torch.float64)
+    shift = torch.zeros(8, dtype=torch.float64)
+    shift[0] = 1.0
+    # random unit directions: E[(theta . v)^2] = |v|^2 / d
+    assert sliced_wasserstein(b, b + shift, projections=4000) == pytest.approx(8 ** -0.5, rel=0.05)
+
+
+def test_memory_meter_reports_method():
+    m = bench.MemoryMeter("cpu")
+    with m:
+        buf = torch.ones(16_000_000)  # 64 MB: above glibc's largest mmap threshold, so fresh pages
+        del buf
+    assert m.method in ("rss_hwm", "tracemalloc") and m.peak >= 0
+    if m.method == "rss_hwm":
+        assert m.peak > 32e6
+
+
+# ------------------------------------------------------------------------------------------- plots
+def test_plot_functions_write_files(tmp_path):
+    from flowode import plot
+
+    spec = BenchSpec(problems=["gmm2d"], solvers=["ddim", "heun"], nfe=[4, 8], samples=16)
+    recs, _ = run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
+    files = plot.plot_results(recs, tmp_path, formats=("png",))
+    assert {p.name for p in files} == {"error_vs_nfe.png", "time_vs_error.png", "sw_vs_nfe.png"}
+    assert plot.plot_time_vs_error(recs, tmp_path / "tv.svg").exists()
+    assert plot.plot_trajectories("gmm2d", ["ddim", "heun"], tmp_path / "t.pdf", nfe=6, samples=8).exists()
+    prob = get_problem("shapes8x8")
+    sol = flowode.sample(prob.model, prob.prior(3, prob.model.schedule.sigma_max, 0), nfe=5, solver="ddim",
+                         save_trajectory=True)
+    assert plot.plot_denoised_grid(sol, tmp_path / "x0.png").stat().st_size > 1000
+    assert plot.plot_step_sizes({"ddim": sol}, tmp_path / "steps.png").exists()
+    for p in tmp_path.glob("*.*"):
+        if p.suffix in (".png", ".pdf", ".svg"):
+            assert p.stat().st_size > 500
+    with pytest.raises(ValueError, match="extension"):
+        plot.plot_error_vs_nfe(recs, tmp_path / "x.jpg")
+
+
+def test_fit_order_recovers_slope():
+    from flowode.plot import fit_order
+
+    n = [10, 20, 40, 80]
+    assert fit_order(n, [3.0 * v ** -2.0 for v in n]) == pytest.approx(2.0)
+    assert fit_order([10], [1.0]) is None
+
+
+def test_pareto_front():
+    from flowode.plot import _pareto
+
+    assert _pareto([(1, 5), (2, 3), (3, 4), (4, 1)]) == [(1, 5), (2, 3), (4, 1)]
+
+
+# ------------------------------------------------------------------------------------------- kill + resume
+SLOW = """
+import time, torch, flowode
+from flowode.analytic import AnalyticModel, Gaussian
+
+def make():
+    sched = flowode.DiscreteVPSchedule.linear()
+    g = Gaussian([0.5, -0.5], [0.3, 0.6])
+    def eps(x, s):
+        time.sleep(0.01)   # a slow "network": cells take long enough to be killed midway
+        return g.eps(x, s, float(sched.alpha_from_sigma(s)))
+    return {"model": AnalyticModel(eps, sched), "shape": (2,), "dtype": torch.float64,
+            "exact": lambda x, s0, s1: g.flow(x, s0, s1, sched), "data": lambda n, gen: g.sample(n, gen)}
+"""
+
+
+def test_bench_cli_killed_midway_loses_and_repeats_nothing(tmp_path):
+    (tmp_path / "slowprob.py").write_text(SLOW)
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "flowode", "bench", "--problem", "slowprob:make", "--solvers", "ddim,heun",
+           "--nfe", "3,6,9,12,15,18", "--samples", "8", "--out", str(out), "--no-figures", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    res = out / "results.jsonl"
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:
+            if res.exists() and len(res.read_text().splitlines()) >= 2:
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = res.read_text()
+    n_before = len(before.splitlines())
+    assert 2 <= n_before < 12, f"kill did not land midway ({n_before} of 12 cells)"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    after = res.read_text()
+    assert after.startswith(before)  # nothing lost or rewritten
+    recs = [json.loads(line) for line in after.splitlines()]
+    keys = [r["key"] for r in recs]
+    assert len(keys) == 12 and len(set(keys)) == 12  # every cell exactly once
+    assert all(r["error"] is None and r["rmse"] > 0 for r in recs)
+    assert {(r["solver"], r["nfe_budget"]) for r in recs} == {(s, n) for s in ("ddim", "heun")
+                                                               for n in (3, 6, 9, 12, 15, 18)}
+
+
+# ------------------------------------------------------------------------------------------- adaptive solvers
+@pytest.fixture
+def toy_adaptive():
+    """A stand-in adaptive solver (DDIM on an internal log-SNR grid whose size follows rtol), registered
+    for one test only: the engine must handle adaptive solvers whichever ones a build has."""
+    import dataclasses
+    import math as _m
+
+    from flowode.solvers import SOLVERS, Solver, register
+    from flowode.solvers.base import boundary_step
+
+    @dataclasses.dataclass
+    class ToyAdaptive(Solver):
+        rtol: float = 1e-3
+        atol: float = 1e-3
+        name = "toy_adaptive_test"
+        order = 1
+        nfe_per_step = float("nan")
+        adaptive = True
+        source = "test stand-in"
+
+        def solve(self, ctx, x):
+            s0, s1 = ctx.sigma_list[0], ctx.sigma_list[-1]
+            n = max(2, int(round(1 / self.rtol ** 0.5)))
+            lo = ctx.model.schedule.sigma_min
+            inner = [_m.exp(_m.log(s0) + (_m.log(lo) - _m.log(s0)) * i / (n - 1)) for i in range(n)]
+            grid = inner + ([s1] if s1 < lo else [])
+            sizes, sig = [], []
+            for a, b in zip(grid[:-1], grid[1:]):
+                x, _ = boundary_step(ctx, x, a, b)
+                sizes.append(b - a)
+                sig.append(a)
+            ctx.stats.update(step_sizes=sizes, step_sigmas=sig, accepted=len(sizes), rejected=0)
+            return x
+
+    register(ToyAdaptive)
+    yield ToyAdaptive.name
+    SOLVERS.pop(ToyAdaptive.name)
+
+
+def test_adaptive_solvers_run_per_tolerance(tmp_path, toy_adaptive):
+    from flowode import plot
+
+    spec = BenchSpec(problems=["gaussian"], solvers=["ddim", toy_adaptive], nfe=[5], tolerances=[1e-2, 1e-4],
+                     samples=16)
+    recs, _ = run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
+    ada = [r for r in recs if r["solver"] == toy_adaptive]
+    assert len(ada) == 2 and all(r["nfe_budget"] is None and r["adaptive"] for r in ada)
+    assert sorted(r["options"]["rtol"] for r in ada) == [1e-4, 1e-2]
+    assert all(r["accepted"] == r["nfe"] for r in ada)
+    tight = next(r for r in ada if r["options"]["rtol"] == 1e-4)
+    loose = next(r for r in ada if r["options"]["rtol"] == 1e-2)
+    assert tight["nfe"] > loose["nfe"] and tight["rmse"] < loose["rmse"]
+    assert "rtol 0.0001" in markdown_table(recs)
+    prob = get_problem("gmm2d")
+    sol = flowode.integrate(prob.model, prob.prior(4, 100.0, 0), [100.0, 0.0], toy_adaptive)
+    assert plot.plot_step_sizes({"toy": sol}, tmp_path / "s.png").exists()
+    assert plot.plot_trajectories(prob, ["ddim", toy_adaptive], tmp_path / "t.png", nfe=5, samples=4).exists()
