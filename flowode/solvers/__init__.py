@@ -4,6 +4,7 @@ Each family is one module; importing it registers its solvers.
 """
 
 from . import ddim, runge_kutta  # noqa: F401  (registers the solvers)
+from . import multistep as _multistep  # noqa: F401  (registers plms, ipndm, deis, adams_bashforth)
 from .base import Context, OneStepSolver, Solver, SolverError
 from .registry import SOLVERS, UnknownSolverError, available, get_class, make, register
 from .runge_kutta import TABLEAUS, ButcherTableau, RungeKutta
