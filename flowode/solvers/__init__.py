@@ -3,6 +3,7 @@
 Each family is one module; importing it registers its solvers.
 """
 
+from . import adaptive as _adaptive  # noqa: F401  (registers dopri5 ... scipy_lsoda, bs23_per_sample)
 from . import ddim, runge_kutta  # noqa: F401  (registers the solvers)
 from . import multistep as _multistep  # noqa: F401  (registers plms, ipndm, deis, adams_bashforth)
 from .base import Context, OneStepSolver, Solver, SolverError
