@@ -499,12 +499,10 @@ class BS23PerSample(AdaptiveSolver):
         y = y0.clone()
         s = torch.full((B,), s0, dtype=torch.float64, device=dev)
         end = torch.full((B,), s1, dtype=torch.float64, device=dev)
-        acc = [0] * B
-        rej = [0] * B
-        sizes: list[list[float]] = [[] for _ in range(B)]
-        starts: list[list[float]] = [[] for _ in range(B)]
-        pending = [list(outputs) for _ in range(B)]
-        outs: list[list[Optional[Tensor]]] = [[None] * len(outputs) for _ in range(B)]
+        acc = torch.zeros(B, dtype=torch.long, device=dev)
+        rej = torch.zeros(B, dtype=torch.long, device=dev)
+        log: list[tuple[Tensor, Tensor, Tensor]] = []  # per round: (accepted sample ids, start, end)
+        outs = [torch.empty_like(y0) for _ in outputs]
         rounds = 0
         status = "ok"
         try:
@@ -529,7 +527,7 @@ class BS23PerSample(AdaptiveSolver):
                 rounds += 1
                 ya, sa, ka = y[idx], s[idx], k1[idx]
                 ha = torch.minimum(h[idx], (end[idx] - sa).abs()) * direction
-                last = (ha.abs() >= (end[idx] - sa).abs())
+                last = ha.abs() >= (end[idx] - sa).abs()
                 hv = ha.to(y).view(view)
                 k2 = f(ya + 0.5 * hv * ka, sa + 0.5 * ha, idx)
                 k3 = f(ya + 0.75 * hv * k2, sa + 0.75 * ha, idx)
@@ -543,41 +541,35 @@ class BS23PerSample(AdaptiveSolver):
                 fac = torch.clamp(0.9 * en.clamp_min(1e-10) ** (-1 / 3), 0.2, 5.0)
                 fac = torch.where(ok, fac, torch.clamp(fac, max=1.0))
                 h[idx] = ha.abs() * fac
-                for j, b in enumerate(idx.tolist()):
-                    if not bool(ok[j]):
-                        rej[b] += 1
-                        continue
-                    acc[b] += 1
-                    starts[b].append(float(sa[j]))
-                    sizes[b].append(float(s_new[j] - sa[j]))
-                    while pending[b] and direction * (pending[b][0] - float(s_new[j])) <= 0:
-                        v = pending[b].pop(0)
-                        # cubic Hermite interpolation on the step (order 3, as the pair)
-                        th = (v - float(sa[j])) / float(ha[j])
-                        hh = float(ha[j])
-                        h00 = 2 * th**3 - 3 * th**2 + 1
-                        h10 = th**3 - 2 * th**2 + th
-                        h01 = -2 * th**3 + 3 * th**2
-                        h11 = th**3 - th**2
-                        outs[b][len(outputs) - len(pending[b]) - 1] = (
-                            h00 * ya[j] + h10 * hh * ka[j] + h01 * y1[j] + h11 * hh * k4[j])
-                okd = ok.to(dev)
-                acc_idx = idx[okd]
-                y[acc_idx] = y1[okd]
-                s[acc_idx] = s_new[okd]
-                k1[acc_idx] = k4[okd]
-                done = acc_idx[last[okd]]
-                active[done] = False
+                rej[idx[~ok]] += 1
+                acc[idx[ok]] += 1
+                log.append((idx[ok], sa[ok], s_new[ok]))
+                for i, v in enumerate(outputs):  # cubic Hermite dense output (order 3, as the pair)
+                    hit = ok & (direction * (v - sa) > 0) & (direction * (v - s_new) <= 0)
+                    if bool(hit.any()):
+                        th = ((v - sa[hit]) / ha[hit]).to(y).view(view)
+                        hh = ha[hit].to(y).view(view)
+                        outs[i][idx[hit]] = ((2 * th**3 - 3 * th**2 + 1) * ya[hit]
+                                             + (th**3 - 2 * th**2 + th) * hh * ka[hit]
+                                             + (-2 * th**3 + 3 * th**2) * y1[hit] + (th**3 - th**2) * hh * k4[hit])
+                y[idx[ok]] = y1[ok]
+                s[idx[ok]] = s_new[ok]
+                k1[idx[ok]] = k4[ok]
+                active[idx[ok & last]] = False
         except _Budget:
             status = "max_nfe"
-        ys: list[Tensor] = []
-        if status == "ok":
-            for i in range(len(outputs)):
-                ys.append(torch.stack([outs[b][i] for b in range(B)]))  # type: ignore[misc]
+        sizes: list[list[float]] = [[] for _ in range(B)]
+        starts: list[list[float]] = [[] for _ in range(B)]
+        for ids, a_, b_ in log:
+            for b, v0, v1 in zip(ids.tolist(), a_.tolist(), b_.tolist()):
+                starts[b].append(v0)
+                sizes[b].append(v1 - v0)
+        ys: list[Tensor] = outs if status == "ok" else []
         s_end = float(s.max()) if direction < 0 else float(s.min())  # the least advanced sample
         extra = {
-            "accepted_per_sample": acc, "rejected_per_sample": rej, "step_sizes_per_sample": sizes,
-            "step_sigmas_per_sample": starts, "rounds": rounds, "sigma_reached_per_sample": s.tolist(),
+            "accepted_per_sample": acc.tolist(), "rejected_per_sample": rej.tolist(),
+            "step_sizes_per_sample": sizes, "step_sigmas_per_sample": starts, "rounds": rounds,
+            "sigma_reached_per_sample": s.tolist(),
         }
         if status != "ok":
             # the samples stopped at different sigmas; the driver multiplies by alpha(s_end), so
@@ -587,5 +579,6 @@ class BS23PerSample(AdaptiveSolver):
             a_b = torch.as_tensor(sched.alpha_from_sigma(s)).to(y).view(view)
             a_end = float(sched.alpha_from_sigma(s_end))
             y = y * a_b / a_end
-        res = _Result(y, s_end if status != "ok" else s1, ys, sum(acc), sum(rej), sizes[0], starts[0], status, extra)
+        res = _Result(y, s_end if status != "ok" else s1, ys, int(acc.sum()), int(rej.sum()), sizes[0], starts[0],
+                      status, extra)
         return res
