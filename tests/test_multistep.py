@@ -81,11 +81,11 @@ def uni(n, hi=2.0, lo=0.5):
     ("ipndm", {"order": 4}, EDM, geo, 2),
 ])
 def test_convergence_order(solver, opt, sched, grid, expected):
-    ns = [32, 64, 128] if grid is geo else [16, 32, 64]
+    ns = [64, 128] if grid is geo else [32, 64]
     if expected == 2 and solver in ("adams_bashforth", "deis") and opt.get("warmup") != "rk4":
-        ns = [256, 512, 1024]  # the h^2 warm-up error takes over only on fine grids
+        ns = [512, 1024]  # the h^2 warm-up error takes over only on fine grids
     if opt.get("skip_prk_steps"):
-        ns = [64, 128, 256]
+        ns = [128, 256]
     errs = _errors(sched, solver, [grid(n) for n in ns], **opt)
     p = _order(errs)
     assert abs(p - expected) < 0.35, (solver, opt, errs, p)
@@ -134,7 +134,7 @@ class _Counter:
     ("deis", {}), ("deis", {"warmup": "rk4"}), ("adams_bashforth", {"order": 4}),
     ("adams_bashforth", {"order": 4, "warmup": "rk4"}), ("adams_bashforth", {"coordinates": "lambda"}),
 ])
-@pytest.mark.parametrize("steps", [1, 2, 3, 5, 12])
+@pytest.mark.parametrize("steps", [1, 3, 5, 12])
 def test_nfe_matches_network_calls(solver, opt, steps):
     m = GAUSS.model(VP)
     counter = _Counter(m.exact_eps)
@@ -182,8 +182,8 @@ def test_encode_decode_round_trip():
     m = GAUSS.model(VP)
     x0 = _x(scale=1.0)
     for solver in ("ipndm", "deis", "adams_bashforth"):
-        z = flowode.encode(m, x0, steps=200, solver=solver, spacing="logsnr").x
-        back = flowode.decode(m, z, steps=200, solver=solver, spacing="logsnr").x
+        z = flowode.encode(m, x0, steps=100, solver=solver, spacing="logsnr").x
+        back = flowode.decode(m, z, steps=100, solver=solver, spacing="logsnr").x
         assert float((back - x0).abs().max()) < 2e-2, solver
 
 
