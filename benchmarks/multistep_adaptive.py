@@ -183,5 +183,7 @@ def adaptive():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     which = sys.argv[1:] or ["orders", "oracles", "adaptive"]
+    print("```\nOMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/multistep_adaptive.py " + " ".join(which)
+          + " > benchmarks/sections/multistep_adaptive.md\n```\n")
     for name in which:
         {"orders": orders, "oracles": oracles, "adaptive": adaptive}[name]()
