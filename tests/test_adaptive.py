@@ -86,7 +86,7 @@ def test_other_coordinates(solver, coordinates):
     assert abs(sum(sol.stats["step_sizes"]) - length) < 1e-10 * abs(length)
 
 
-STAGES = {"dopri5": 6, "bosh3": 3, "scipy_rk45": 6, "scipy_dop853": 12}
+STAGES = {"dopri5": 6, "bosh3": 3, "adaptive_heun": 1, "dopri8": 13, "scipy_rk45": 6, "scipy_dop853": 12}
 
 
 @pytest.mark.parametrize("solver", ALL)
