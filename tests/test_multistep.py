@@ -272,3 +272,17 @@ def test_ipndm_matches_diffusers(steps):
     sol = flowode.integrate(model, x, grid, solver="ipndm", order=4)
     assert sol.nfe == steps
     assert float((sol.x - y).abs().max()) < 1e-10
+
+
+def test_deis_rho_natural_step_to_zero():
+    """basis rho steps to sigma = 0 with its own weights (= AB in sigma); t and log_rho take DDIM there."""
+    m = GAUSS.model(VP)
+    x = _x()
+    grid = flowode.sigma_grid(VP, 50)
+    a = flowode.integrate(m, x, grid, solver="deis", basis="rho", lower_order_final=False).x
+    b = flowode.integrate(m, x, grid, solver="adams_bashforth", order=3).x
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    exact = GAUSS.flow(x, float(grid[0]), 0.0, VP)
+    errs = {basis: float((flowode.integrate(m, x, grid, solver="deis", basis=basis, lower_order_final=False).x
+                          - exact).abs().max()) for basis in ("t", "rho")}
+    assert errs["rho"] < errs["t"] / 2, errs

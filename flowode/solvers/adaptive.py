@@ -265,7 +265,7 @@ class TorchdiffeqSolver(AdaptiveSolver):
 
         rec = _Recorder(field)
         times = torch.tensor([s0] + outputs, dtype=torch.float64, device=y0.device)
-        options: dict[str, Any] = {"step_t": torch.tensor([s1], dtype=torch.float64)}
+        options: dict[str, Any] = {"step_t": torch.tensor([s1], dtype=torch.float64, device=y0.device)}
         if self.first_step is not None:
             options["first_step"] = self.first_step
         status = "ok"
@@ -417,6 +417,7 @@ def _eps_per_sample(model: EpsilonModel, x: Tensor, sigma: Tensor) -> Tensor:
     corrected so that ``nfe`` still counts one evaluation of the batch (``network_passes`` keeps the
     true number of network calls).
     """
+    sigma = sigma.detach().to("cpu", torch.float64)
     uniq = torch.unique(sigma)
     if len(uniq) == 1:
         return model.predict(x, float(uniq[0])).eps
@@ -444,7 +445,7 @@ def _eps_per_sample(model: EpsilonModel, x: Tensor, sigma: Tensor) -> Tensor:
     eps = torch.empty_like(x)
     n0 = model.nfe
     for v in uniq.tolist():
-        idx = (sigma == v).nonzero().flatten()
+        idx = (sigma == v).nonzero().flatten().to(x.device)
         eps[idx] = model.predict(x[idx], float(v)).eps
     model.nfe = n0 + 1
     return eps
@@ -490,8 +491,9 @@ class BS23PerSample(AdaptiveSolver):
         def f(y: Tensor, sig: Tensor, idx: Tensor) -> Tensor:
             if budget is not None and model.nfe - nfe0 >= budget:
                 raise _Budget
-            alpha = torch.as_tensor(model.schedule.alpha_from_sigma(sig.to(torch.float64))).to(y).view(view)
-            return _eps_per_sample(model, y * alpha, sig.to(torch.float64))
+            sig64 = sig.detach().to("cpu", torch.float64)
+            alpha = torch.as_tensor(model.schedule.alpha_from_sigma(sig64)).to(y).view(view)
+            return _eps_per_sample(model, y * alpha, sig64)
 
         def norm(v: Tensor) -> Tensor:
             return v.flatten(1).pow(2).mean(1).sqrt()
@@ -576,7 +578,7 @@ class BS23PerSample(AdaptiveSolver):
             # pre-scale each sample to come out as its own x = alpha(s_b) xbar_b
             extra["partial_states_at"] = "sigma_reached_per_sample"
             sched = model.schedule
-            a_b = torch.as_tensor(sched.alpha_from_sigma(s)).to(y).view(view)
+            a_b = torch.as_tensor(sched.alpha_from_sigma(s.cpu())).to(y).view(view)
             a_end = float(sched.alpha_from_sigma(s_end))
             y = y * a_b / a_end
         res = _Result(y, s_end if status != "ok" else s1, ys, int(acc.sum()), int(rej.sum()), sizes[0], starts[0],

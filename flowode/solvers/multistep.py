@@ -41,9 +41,10 @@ Steps at the ends of the range:
 * a step that ends at ``sigma = 0``: PLMS, iPNDM and Adams-Bashforth in ``sigma`` take their usual
   step, whose DDIM transfer has the finite limit ``xbar' = xbar - sigma e'`` (no evaluation at 0 is
   needed; this is what diffusers' ``PNDMScheduler(set_alpha_to_one=True)`` and ``IPNDMScheduler`` do).
-  DEIS, and Adams-Bashforth in ``"lambda"`` / ``"t"`` coordinates (where ``sigma = 0`` is at
-  infinity or outside the schedule), take :func:`~.base.boundary_step` with the ``eps`` evaluated
-  at the start of the step, i.e. DEIS of order 1 there.
+  DEIS with ``basis="rho"`` also takes its own step.
+  DEIS with ``basis="t"`` / ``"log_rho"`` and Adams-Bashforth in ``"lambda"`` / ``"t"`` coordinates (where
+  ``sigma = 0`` is at infinity or outside the schedule) take :func:`~.base.boundary_step` with the
+  ``eps`` evaluated at the start of the step, i.e. order 1 there.
 * a step that starts at ``sigma = 0`` (the first step of an encode) is a boundary step; its ``eps``
   (evaluated at ``sigma_min``, see :meth:`~flowode.models.EpsilonModel.predict`) does not enter the
   history.
@@ -459,8 +460,12 @@ class DEIS(_LagrangeMultistep):
             evaluations each). As for ``adams_bashforth``, the Euler first step limits the global
             order to 2 unless ``warmup="rk4"``.
 
-    A step ending at ``sigma = 0`` is a DDIM boundary step (DEIS order 1 with the ``eps`` at its
-    start), as diffusers' final step with ``lower_order_final``.
+    A step ending at ``sigma = 0``: with ``basis="rho"`` it is the rhoAB step itself (polynomial in
+    ``sigma``, integrated down to 0; no evaluation at 0). With ``basis="t"`` (``t(0)`` is outside every
+    schedule) and ``"log_rho"`` (``log rho -> -inf``) it is a DDIM boundary step, i.e. DEIS of order 1
+    with the ``eps`` at its start; for ``log_rho`` the finite limit of the integrals exists, but
+    extrapolating the polynomial in ``log rho`` to ``-inf`` was less accurate than the DDIM step at
+    10-20 steps (docs/multistep.md).
     """
 
     order: int = 3  # type: ignore[misc]
@@ -489,6 +494,9 @@ class DEIS(_LagrangeMultistep):
             if i == n - 2:
                 return min(2, self.order)
         return self.order
+
+    def _natural_zero(self) -> bool:
+        return self.basis == "rho"
 
     def _weights(self, ctx: Context, nodes: list[float], sigma: float, sigma_next: float) -> list[float]:
         if len(nodes) == 1:
