@@ -9,11 +9,11 @@ where the probability-flow ODE is ``d xbar / d sigma = eps(alpha * xbar, sigma)`
   Manifolds", ICLR 2022). The transfer part ``phi(x, e, sigma -> sigma')`` is the DDIM step,
   ``xbar' = xbar + (sigma' - sigma) e`` (their eq. 9 = DDIM eq. 12). The gradient part replaces ``e``
   by a combination of earlier predictions with the *constant-step* Adams-Bashforth-4 weights
-  (eq. 12): ``e' = (55 e_0 - 59 e_1 + 37 e_2 - 9 e_3) / 24``. Warm start: the pseudo Runge-Kutta
-  step (eq. 11: ``phi`` evaluated at the half step and the full step, weights 1/6, 1/3, 1/3, 1/6)
-  for the first three steps, 4 evaluations each (F-PNDM, eq. 13). ``skip_prk_steps=True`` is
-  diffusers' ``PNDMScheduler(skip_prk_steps=True)``: one pseudo-Heun first step (2 evaluations),
-  then pseudo-AB2, AB3, AB4 with the constant-step weights.
+  ``e' = (55 e_0 - 59 e_1 + 37 e_2 - 9 e_3) / 24`` (the pseudo linear multistep method, sec. 3.3,
+  eq. 11-13). Warm start: the pseudo Runge-Kutta step (``phi`` evaluated at the half step and the
+  full step, weights 1/6, 1/3, 1/3, 1/6) for the first three steps, 4 evaluations each (F-PNDM).
+  ``skip_prk_steps=True`` is diffusers' ``PNDMScheduler(skip_prk_steps=True)``: one pseudo-Heun
+  first step (2 evaluations), then pseudo-AB2, AB3, AB4 with the constant-step weights.
 * **iPNDM** (Zhang & Chen, "Fast Sampling of Diffusion Models with Exponential Integrator", ICLR
   2023, appendix; the variant of diffusers' ``IPNDMScheduler`` and of diff-sampler's ``ipndm``):
   the same DDIM transfer with constant-step AB weights of order ``min(order, #history)``, no
@@ -121,7 +121,7 @@ def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
 
 
 def _midpoint_sigma(ctx: Context, sigma: float, sigma_next: float) -> float:
-    """The PRK half step ``t - delta/2`` of PNDM eq. 11, taken in the schedule's native time."""
+    """The pseudo Runge-Kutta half step ``t - delta/2`` of PNDM, taken in the schedule's native time."""
     sched = ctx.model.schedule
     return float(sched.sigma(0.5 * (float(sched.t(sigma)) + float(sched.t(sigma_next)))))
 
@@ -143,7 +143,7 @@ class PLMS(Solver):
 
     Options:
         skip_prk_steps: ``False`` (default): F-PNDM, the first three steps are pseudo Runge-Kutta
-            steps (eq. 11) with 4 evaluations each (half steps in native time ``t``, as in the paper
+            steps with 4 evaluations each (half steps in native time ``t``, as in the paper
             and diffusers). ``True``: diffusers' ``skip_prk_steps=True`` -- a pseudo-Heun first
             step (2 evaluations), then pseudo AB2, AB3 and AB4.
 
@@ -155,7 +155,7 @@ class PLMS(Solver):
     name = "plms"
     order = 4
     nfe_per_step = 1.0
-    source = "Liu et al., PNDM, ICLR 2022, eq. 11 (PRK), 12 (PLMS), 13 (F-PNDM)"
+    source = "Liu et al., PNDM, ICLR 2022, eq. 9 (transfer part) and eq. 11-13 (pseudo RK / linear multistep)"
     multistep = True
 
     def _plan(self, sigmas: Sequence[float]) -> list[str]:
