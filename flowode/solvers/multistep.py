@@ -19,7 +19,8 @@ where the probability-flow ODE is ``d xbar / d sigma = eps(alpha * xbar, sigma)`
   the same DDIM transfer with constant-step AB weights of order ``min(order, #history)``, no
   Runge-Kutta warm start: 1 evaluation per step from the first.
 * **DEIS tAB** (Zhang & Chen 2023, eq. 13-15): an exponential integrator. In ``(xbar, sigma)`` the
-  linear part of the VP ODE is already integrated exactly (``x = alpha xbar``), so eq. 14 reads
+  linear part of the VP ODE is already integrated exactly (``x = alpha xbar``), so the multistep
+  update of eq. 13-15 reads
   ``xbar' = xbar + sum_j C_j eps_j``, ``C_j = int_{sigma}^{sigma'} l_j(tau(s)) ds``, with ``l_j`` the
   Lagrange basis of the last ``order`` nodes in the interpolation variable ``tau``.
 * **Adams-Bashforth** ``order`` 2-4 with *variable-step* weights: the same Lagrange-integral formula
@@ -433,10 +434,10 @@ class DEIS(_LagrangeMultistep):
     1 evaluation per step after the warm-up.
 
     In ``(xbar, rho)`` with ``rho = sigma`` the VP probability flow is ``d xbar / d rho = eps``: the
-    exponential-integrator transfer ``Psi`` of eq. 14 is the factor ``alpha'/alpha`` hidden in
+    exponential-integrator transfer ``Psi`` (eq. 13-15) is the factor ``alpha'/alpha`` hidden in
     ``x = alpha xbar``, and the step is ``xbar' = xbar + sum_j C_j eps_j`` with
 
-        ``C_j = int_{rho}^{rho'} l_j(tau(r)) dr``  (eq. 15 after the change of variables),
+        ``C_j = int_{rho}^{rho'} l_j(tau(r)) dr``  (eq. 13-15's coefficients, changed to ``rho``),
 
     ``l_j`` the Lagrange basis of the last ``order`` predictions in the interpolation variable
     ``tau``, chosen by ``basis``:
