@@ -99,8 +99,7 @@ class MLP(nn.Module):
         self.temb = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
         self.lin2 = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
         self.out = nn.Linear(hidden, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        _zero(self.out)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         t = _check_inputs(x, t)
@@ -116,6 +115,14 @@ class MLP(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ UNet
+def _zero(layer: nn.Module) -> None:
+    """Zero-initialise a layer's weight and bias (the output layers: an untrained block is the identity)."""
+    for name in ("weight", "bias"):
+        p = getattr(layer, name, None)
+        if p is not None:
+            nn.init.zeros_(p)
+
+
 def _groups(channels: int, groups: int) -> int:
     return math.gcd(channels, groups)
 
@@ -131,8 +138,7 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(_groups(cout, groups), cout)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        _zero(self.conv2)
         self.skip: nn.Module = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -153,8 +159,7 @@ class SelfAttention(nn.Module):
         self.norm = nn.GroupNorm(_groups(channels, groups), channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        _zero(self.proj)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, hgt, wid = x.shape
@@ -227,8 +232,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Conv2d(ch, ch, 3, padding=1))  # after nearest upsampling
         self.out_norm = nn.GroupNorm(_groups(ch, groups), ch)
         self.out = nn.Conv2d(ch, in_channels, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        _zero(self.out)
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         t = _check_inputs(x, t)
