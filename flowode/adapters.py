@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .grids import check_grid, sigmas_from_timesteps
-from .models import EpsilonModel
+from .models import EpsilonModel, Prediction
 from .schedules import DiscreteVPSchedule, Schedule
 
 __all__ = ["from_diffusers", "diffusers_schedule", "diffusers_sigmas", "DenoiserModel", "PREDICTION_TYPES"]
@@ -164,6 +164,16 @@ class DenoiserModel(EpsilonModel):
         alpha = torch.as_tensor(self.schedule.alpha_from_sigma(sigma)).to(x)
         shape = (-1,) + (1,) * (x.dim() - 1)
         return self.denoiser(x / alpha.view(shape), sigma.to(x))
+
+    def predict(self, x: Tensor, sigma: Union[float, Tensor]) -> Prediction:
+        """``(eps, x0)`` at ``(x, sigma)``. At ``sigma = 0`` the state is its own x0, and eps is the
+        one of ``D`` at ``sigma_min``, ``(xbar - D(xbar, sigma_min)) / sigma_min`` -- what an eps
+        network evaluated at its smallest trained level gives -- so the first step of an encode
+        matches the equivalent eps model (an x0 output alone says nothing about eps at 0)."""
+        if float(sigma) != 0.0:
+            return super().predict(x, sigma)
+        pred = super().predict(x, self.schedule.sigma_min)
+        return Prediction(pred.eps, x)
 
     def network(self, x: Tensor, sigma: Union[float, Tensor]) -> Tensor:
         s = float(sigma)

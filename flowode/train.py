@@ -42,7 +42,7 @@ from .models import EpsilonModel
 from .schedules import DiscreteVPSchedule
 
 __all__ = ["TrainConfig", "TrainResult", "train", "make_schedule", "schedule_spec", "schedule_from_spec",
-           "TARGETS", "CHECKPOINT_FORMAT"]
+           "TARGETS", "CHECKPOINT_FORMAT", "training_target"]
 
 TARGETS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "cosine", "scaled_linear")
@@ -162,8 +162,9 @@ class TrainResult:
         net: the trained network (last weights); ``ema``: its EMA copy.
         schedule, config: the schedule and options it was trained with.
         losses: the loss of every step (including steps done before a resume).
-        step: steps done; ``seconds``: wall time of this call; ``resumed_from``: step of the
-            checkpoint it resumed from (``None``: fresh start).
+        step: steps done; ``seconds``: wall time of this call; ``seconds_total``: training wall
+            time summed over the interrupted runs; ``resumed_from``: step of the checkpoint it
+            resumed from (``None``: fresh start).
     """
 
     net: nn.Module
@@ -173,6 +174,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     step: int = 0
     seconds: float = 0.0
+    seconds_total: float = 0.0
     resumed_from: Optional[int] = None
 
     @property
@@ -210,6 +212,18 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
 
 
 # ------------------------------------------------------------------------------ training
+def training_target(target: str, x0: Tensor, eps: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+    """The regression target for ``x_n = alpha x0 + std eps`` (``alpha = sqrt(abar_n)``,
+    ``std = sqrt(1 - abar_n)``): ``eps``, ``v = alpha eps - std x0`` or ``x0``."""
+    if target == "eps":
+        return eps
+    if target == "v":
+        return alpha * eps - std * x0
+    if target == "x0":
+        return x0
+    raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
+
+
 def _batch(data: DataSource, labels: Optional[Tensor], n: int, g: torch.Generator
            ) -> tuple[Tensor, Optional[Tensor]]:
     if isinstance(data, Tensor):
@@ -275,6 +289,7 @@ def train(
     losses: list[float] = []
     start = 0
     resumed_from = None
+    elapsed0 = 0.0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -288,6 +303,7 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         losses = list(state["losses"])
         start = resumed_from = int(state["step"])
+        elapsed0 = float(state.get("seconds") or 0.0)
         if start > config.steps:
             raise ValueError(f"checkpoint {ckpt_path} is at step {start}, beyond `steps`={config.steps}.")
 
@@ -298,6 +314,7 @@ def train(
             "format": CHECKPOINT_FORMAT, "step": step, "config": dataclasses.asdict(config),
             "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses,
+            "seconds": elapsed0 + time.perf_counter() - t0,
         }, ckpt_path)
 
     bar = None
@@ -325,12 +342,7 @@ def train(
                 out = net(xt, tt, y)
             else:
                 out = net(xt, tt)
-            if config.target == "eps":
-                target = eps
-            elif config.target == "v":
-                target = a * eps - s * x0
-            else:
-                target = x0
+            target = training_target(config.target, x0, eps, a, s)
             loss = torch.mean((out - target) ** 2)
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
@@ -363,5 +375,6 @@ def train(
             bar.close()
     net.eval()
     ema.eval()
+    seconds = time.perf_counter() - t0
     return TrainResult(net=net, ema=ema, schedule=schedule, config=config, losses=losses, step=config.steps,
-                       seconds=time.perf_counter() - t0, resumed_from=resumed_from)
+                       seconds=seconds, seconds_total=elapsed0 + seconds, resumed_from=resumed_from)

@@ -118,7 +118,7 @@ def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> t
         "training": {
             "config": dataclasses.asdict(config), "steps": result.step, "final_loss": result.final_loss,
             "final_loss_definition": "mean MSE of the last 200 steps",
-            "seconds_this_run": round(result.seconds, 1), "resumed_from": result.resumed_from,
+            "seconds": round(result.seconds_total, 1), "resumed_from": result.resumed_from,
             "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
         },
         "command": command,
