@@ -141,11 +141,11 @@ def eval_digits(name: str, card_path: Path, n_uncond: int = 1000, per_class: int
         hist = np.bincount(pred, minlength=10)
         p = hist / hist.sum()
         ent = float(-(p[p > 0] * np.log(p[p > 0])).sum())
-        d = torch.cdist(torch.as_tensor(f), torch.as_tensor(feats[tr])).min(1).values / 16.0
+        d = torch.cdist(torch.as_tensor(f), torch.as_tensor(feats[tr])).min(1).values / 8.0  # [-1, 1] units
         return {"predicted_class_histogram": hist.tolist(), "predicted_class_entropy_nats": ent,
                 "mean_confidence": float(proba.max(1).mean()),
                 "fraction_confidence_above_0.9": float((proba.max(1) > 0.9).mean()),
-                "mean_nearest_train_distance_[-1,1]_scale": float(d.mean()), "pred": pred}
+                "mean_nearest_train_l2_distance_in_[-1,1]_units": float(d.mean()), "pred": pred}
 
     real = stats(x[te])
     real.pop("pred")

@@ -104,7 +104,8 @@ def test_targets_match_the_model_conversions(target):
         abar = float(sched.alphas_cumprod_knots[n])
         a, s = abar**0.5, (1 - abar) ** 0.5
         xt = a * x0 + s * eps
-        out = training_target(target, x0, eps, torch.tensor(a, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
+        f64 = torch.float64
+        out = training_target(target, x0, eps, torch.tensor(a, dtype=f64), torch.tensor(s, dtype=f64))
         model = flowode.EpsilonModel(lambda x, t, out=out: out, sched, prediction=target)
         pred = model.predict(xt, sched.sigma(float(n)))
         assert torch.allclose(pred.eps, eps, rtol=1e-9, atol=1e-9)
