@@ -147,3 +147,11 @@ def test_denoiser_model_on_edm_schedule_is_exact_for_a_gaussian():
         (flowode.sample(model, x, steps=100, solver="heun", spacing="karras", final="min").x - exact).abs().max())
     with pytest.raises(TypeError, match="denoiser"):
         flowode.DenoiserModel(3, sched)
+
+
+def test_digits_without_sklearn_names_the_fix(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ImportError
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
+        load_digits()
