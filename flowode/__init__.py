@@ -5,12 +5,14 @@ ODE with fixed-step, multistep and adaptive solvers, count every network evaluat
 decode with measured round trips. See DESIGN.md section 4 and docs/ for the public contract.
 """
 
-from . import analytic, solvers
+from . import adapters, analytic, data, nets, solvers, train
+from .adapters import DenoiserModel, from_diffusers
 from .analytic import Gaussian, GaussianMixture, reference_solve
 from .field import ProbabilityFlow
 from .grids import GridError, check_grid, sigma_grid, sigmas_from_timesteps
 from .integrate import Solution, decode, encode, integrate, sample
 from .models import EpsilonModel, NetworkOutputError
+from .pretrained import list_pretrained, load_pretrained
 from .schedules import (
     CosineVPSchedule,
     DiscreteVPSchedule,
@@ -36,4 +38,5 @@ __all__ = [
     "Solution", "integrate", "sample", "encode", "decode",
     "Gaussian", "GaussianMixture", "reference_solve",
     "invert", "roundtrip", "RoundTrip", "latent_stats", "invertibility_report",
+    "adapters", "data", "nets", "train", "DenoiserModel", "from_diffusers", "list_pretrained", "load_pretrained",
 ]
