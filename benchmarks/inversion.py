@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--steps", default="10,20,50")
     ap.add_argument("--out", default=None, help="write the Markdown section here")
+    ap.add_argument("--digits", type=int, default=64, help="number of real digits for the digits-UNet rows")
     args = ap.parse_args(argv)
     steps_list = [int(s) for s in args.steps.split(",")]
     problems = [("ring-2D", gmm_ring()), ("mix-64D", gmm_random(64))]
@@ -159,9 +160,18 @@ def main(argv=None) -> int:
     xr = ring.sample(args.samples, torch.Generator().manual_seed(1))
     for dtype in (torch.float64, torch.float32):
         lines += rows_for("MLP-ring", net_model(net, dtype), xr.to(dtype), steps_list, None)
-    load = getattr(flowode, "load_pretrained", None)
-    note = "" if load is not None else ("\n(`flowode.load_pretrained` is not available on this branch, so the digits "
-                                        "model is not in the table.)\n")
+    # the shipped digits UNet (flowode.load_pretrained), real digits from scikit-learn
+    from flowode.data import load_digits
+
+    digits = flowode.load_pretrained("digits")
+    xdig = load_digits()[torch.randperm(1797, generator=torch.Generator().manual_seed(0))[: args.digits]]
+    for dtype in (torch.float64, torch.float32):
+        digits.net.to(dtype)
+        lines += rows_for("digits-UNet", digits, xdig.to(dtype), steps_list, None)
+        print(f"done digits {dtype}", file=sys.stderr)
+    digits.net.to(torch.float32)
+    note = (f"\n(digits-UNet: the shipped `flowode.load_pretrained('digits')` network, {args.digits} real digits "
+            "from scikit-learn's load_digits scaled to [-1, 1]; the network runs in the row's dtype.)\n")
     cmd = "PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/inversion.py --out benchmarks/sections/inversion.md"
     text = (f"## Inversion round trips\n\nCommand:\n\n```\n{cmd}\n```\n\n"
             f"DDPM linear schedule (1000 steps), exact analytic eps, {args.samples} data samples, seed 0; "

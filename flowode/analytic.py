@@ -38,6 +38,8 @@ class AnalyticModel(EpsilonModel):
     so the parameterisation conversions can be tested against it.
     """
 
+    defined_at_zero = True
+
     def __init__(self, exact_eps, schedule: Schedule, prediction: str = "eps", *,  # type: ignore[no-untyped-def]
                  data_mean: Optional[Tensor] = None, **kwargs) -> None:
         self.exact_eps = exact_eps

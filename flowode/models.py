@@ -132,6 +132,9 @@ class EpsilonModel:
         self._coef_owner: Optional[Schedule] = None
 
     # ----------------------------------------------------------------------------- counting
+    #: whether the model can be evaluated at sigma = 0 itself (exact analytic models can)
+    defined_at_zero: bool = False
+
     def reset_nfe(self) -> None:
         self.nfe = 0
         self.network_passes = 0
@@ -249,6 +252,13 @@ class EpsilonModel:
         ``sigma`` is a Python float (or a 0-d tensor) shared by the whole batch.
         """
         sigma = float(sigma)
+        if sigma == 0.0 and not self.defined_at_zero:
+            # The network is not trained at sigma = 0 (the first step of an encode): evaluate it at the
+            # smallest trained level and convert with that level's coefficients, as diffusers'
+            # DDIMInverseScheduler does; the clean state is its own x0. For an eps network this is just
+            # eps(x, t_min); for x0 / v networks it keeps eps informative instead of 0/0.
+            pred = self.predict(x, self.schedule.sigma_min)
+            return Prediction(pred.eps, x)
         alpha, std = self.coefficients(sigma)
         outs = self._raw(x, sigma)
         for out in outs:

@@ -40,14 +40,12 @@ def _problem(name: str, n: int, seed: int, dtype: Any) -> tuple[Any, Any]:
 
     gen = torch.Generator().manual_seed(seed)
     if name == "digits":
-        load = getattr(flowode, "load_pretrained", None)
-        if load is None:
-            raise ValueError("--problem digits needs flowode.load_pretrained, which this installation lacks.")
-        model = load("digits")
-        data = getattr(model, "data", None)
-        if data is None:
-            raise ValueError("the digits model does not provide sample data (`model.data`).")
-        return model, data[:n].to(dtype)
+        from flowode.data import load_digits
+
+        model = flowode.load_pretrained("digits")
+        data = load_digits()
+        idx = torch.randperm(data.shape[0], generator=gen)[:n]
+        return model, data[idx].to(dtype)
     sched = flowode.DiscreteVPSchedule.linear()
     dist = {"ring": gmm_ring, "random64": lambda: gmm_random(64),
             "gaussian": lambda: Gaussian([0.5, -1.0], [0.3, 0.7])}[name]()
