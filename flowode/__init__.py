@@ -11,6 +11,7 @@ from .field import ProbabilityFlow
 from .grids import GridError, check_grid, sigma_grid, sigmas_from_timesteps
 from .integrate import Solution, decode, encode, integrate, sample
 from .models import EpsilonModel, NetworkOutputError
+from .optimize import load_grid, optimize_grid, save_grid
 from .schedules import (
     CosineVPSchedule,
     DiscreteVPSchedule,
@@ -31,4 +32,5 @@ __all__ = [
     "sigma_grid", "sigmas_from_timesteps", "check_grid", "GridError",
     "Solution", "integrate", "sample", "encode", "decode",
     "Gaussian", "GaussianMixture", "reference_solve",
+    "optimize_grid", "save_grid", "load_grid",
 ]
