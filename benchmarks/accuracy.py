@@ -240,15 +240,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out = args.out
-        self.done: set[tuple] = set()
-        if os.path.exists(self.out):
-            with open(self.out) as f:
-                for line in f:
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    self.done.add(self.key(r))
+        self.rows: list[dict[str, Any]] = load_rows(self.out) if os.path.exists(self.out) else []
+        self.done: set[tuple] = {self.key(r) for r in self.rows}
         self.refs: dict[tuple, torch.Tensor] = {}
 
     @staticmethod
@@ -260,6 +253,7 @@ class Bench:
         with open(self.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         self.done.add(self.key(row))
+        self.rows.append(row)
         err = row.get("rmse")
         msg = f"{err:.3e}" if isinstance(err, float) else row.get("error", "")[:80]
         print(f"  {row['mixture']:10s} {row['library']:11s} {row['method']:18s} {row['grid']:16s} "
@@ -289,7 +283,6 @@ class Bench:
     # -------------------------------------------------------------------------------- flowode
     def flowode_rows(self, mix: str, gmm: GaussianMixture, x: torch.Tensor, x_cal: torch.Tensor) -> None:
         model = gmm.model(SCHED)
-        ref_cal = None
         for name in self.args.solvers or flowode.solvers.available():
             try:
                 slv = flowode.solvers.make(name)
@@ -322,8 +315,26 @@ class Bench:
                                 "sigma_end": float(g[-1])}
 
                     self.cell(base, run, mix, model, x)
+
+        if not self.args.no_optimize:
+            self.optimized_rows(mix, model, x, x_cal)
+
+    def optimized_rows(self, mix: str, model: Any, x: torch.Tensor, x_cal: torch.Tensor) -> None:
+        """``optimize_grid`` (fitted on the calibration batch) for the ``--optimize-top`` solvers
+        with the lowest built-in-grid RMSE at each NFE in ``--opt-nfe`` (all solvers if 0)."""
+        ref_cal = None
+        for nfe in [n for n in self.args.nfe if n in self.args.opt_nfe]:
+            best: dict[str, float] = {}
+            for r in self.rows:
+                if (r["mixture"] == mix and r["library"] == "flowode" and r["nfe_target"] == nfe
+                        and r["grid"] != "optimized" and isinstance(r.get("rmse"), float) and math.isfinite(r["rmse"])):
+                    best[r["method"]] = min(best.get(r["method"], math.inf), r["rmse"])
+            ranked = sorted(best, key=lambda k: best[k])
+            if self.args.optimize_top > 0:
+                ranked = ranked[: self.args.optimize_top]
+            for name in ranked:
                 base = {"mixture": mix, "library": "flowode", "method": name, "grid": "optimized", "nfe_target": nfe}
-                if self.args.no_optimize or self.key(base) in self.done:
+                if self.key(base) in self.done:
                     continue
                 if ref_cal is None:
                     ref_cal = self.reference(mix, model, x_cal, SCHED.sigma_max, 0.0)
@@ -574,13 +585,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--solvers", nargs="+", default=None, help="flowode solvers (default: every registered one)")
     p.add_argument("--peers", nargs="+", default=None, help="peer names (diffusers names; k-diffusion as k_<name>)")
     p.add_argument("--no-optimize", action="store_true")
+    p.add_argument("--opt-nfe", type=int, nargs="+", default=[5, 10, 20], help="NFE budgets that get an optimised grid")
+    p.add_argument("--optimize-top", type=int, default=3,
+                   help="optimise grids for the K flowode solvers with the best built-in RMSE per NFE (0: all)")
     p.add_argument("--no-diffusers", action="store_true")
     p.add_argument("--no-k", action="store_true")
     args = p.parse_args(argv)
     out_dir = os.path.join(HERE, "out")
     if args.quick:
         args.samples, args.calibration, args.opt_evals = min(args.samples, 64), 32, 40
-        args.nfe = [5, 10]
+        args.nfe = args.opt_nfe = [5, 10]
         args.solvers = args.solvers or [s for s in ("ddim", "heun", "dpm_solver++_2m", "unipc", "dopri5")
                                         if s in flowode.solvers.available()]
         args.peers = args.peers or ["ddim", "dpmsolver++_2m", "heun", "k_euler", "k_dpmpp_2m"]

@@ -110,6 +110,7 @@ class _Param:
 
     def __init__(self, steps: int, sigma_min: float, sigma_max: float, max_params: int) -> None:
         self.steps = steps
+        self.sigma_max = sigma_max
         self.l_lo, self.l_hi = math.log(sigma_min), math.log(sigma_max)
         self.span = (self.l_hi - self.l_lo) * (1 - 1e-3)
         self.n_inc = steps - 1  # log-sigma decrements between s_0 and s_{S-1}
@@ -138,7 +139,7 @@ class _Param:
             logs = np.concatenate([[self.l_hi], self.l_hi - np.cumsum(w) * (self.l_hi - l_last)])
             logs[-1] = l_last
         levels = np.exp(logs)
-        levels[0] = math.exp(self.l_hi)
+        levels[0] = self.sigma_max  # exactly, not exp(log(sigma_max))
         return torch.tensor(np.concatenate([levels, [0.0]]), dtype=torch.float64)
 
     def theta(self, sigmas: Tensor) -> np.ndarray:
