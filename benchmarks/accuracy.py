@@ -131,8 +131,10 @@ def _make_diffusers(cls_name: str, config: dict[str, Any], steps: int) -> Any:
 def run_diffusers(name: str, variant: str, steps: int, x_t: torch.Tensor, ctr: Counter) -> dict[str, Any]:
     cls_name, config, family = _diffusers_specs()[name]
     config = dict(config)
-    if variant == "trailing":
+    if variant == "trailing":  # flowode's default grid: trailing timesteps, last step to sigma = 0
         config["timestep_spacing"] = "trailing"
+        if cls_name == "PNDMScheduler":
+            config["set_alpha_to_one"] = True
     sch = _make_diffusers(cls_name, config, steps)
     ts = list(sch.timesteps)
     if family == "sigma":
@@ -447,9 +449,14 @@ def load_rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+def full_range(r: dict[str, Any]) -> bool:
+    """The row integrated the whole flow: from sigma_max (t = 999) to sigma = 0."""
+    return r.get("sigma_start", 0.0) >= SCHED.sigma_max * (1 - 1e-9) and r.get("sigma_end", 1.0) == 0.0
+
+
 def best_by(rows: list[dict[str, Any]], nfe: int, library: Callable[[str], bool]) -> Optional[dict[str, Any]]:
     ok = [r for r in rows if library(r["library"]) and isinstance(r.get("rmse"), float) and math.isfinite(r["rmse"])
-          and r.get("nfe", 10**9) <= nfe and (r["nfe_target"] == nfe or r["nfe_target"] == -1)]
+          and r.get("nfe", 10**9) <= nfe and (r["nfe_target"] == nfe or r["nfe_target"] == -1) and full_range(r)]
     return min(ok, key=lambda r: r["rmse"]) if ok else None
 
 

@@ -24,7 +24,7 @@ Parameterisation (unconstrained, so any optimiser point is a valid grid). With
   derivative-free search tractable at large step counts.
 
 The search starts from the best built-in spacing (each of :data:`INIT_SPACINGS` that the schedule
-supports, ``final="zero"``, the budget's step count) and minimises ``log E`` with a
+supports and that starts at ``sigma_max``; ``final="zero"``, the budget's step count) and minimises ``log E`` with a
 derivative-free scipy optimiser (``"powell"``, default, or ``"nelder-mead"``). Every step is
 deterministic (no random draws), so the same inputs give the same grid. The returned grid is the
 better of the start and the optimum, so the calibration error never increases.
@@ -54,7 +54,7 @@ from .solvers.base import SolverError
 
 __all__ = ["optimize_grid", "GridOptimization", "save_grid", "load_grid", "grid_error", "INIT_SPACINGS"]
 
-INIT_SPACINGS = ("logsnr", "karras", "uniform_t", "trailing")
+INIT_SPACINGS = ("logsnr", "karras", "uniform_t", "trailing", "linspace", "quadratic")
 METHODS = ("powell", "nelder-mead")
 _FORMAT = "flowode.grid"
 _VERSION = 1
@@ -193,7 +193,8 @@ def optimize_grid(
         solver: a registered name (``flowode.solvers.available()``) or a Solver; fixed-step and
             deterministic (adaptive and stochastic solvers are rejected).
         spacing_init: a built-in spacing (or several) to start from; default: each of
-            :data:`INIT_SPACINGS` the schedule supports, keeping the one with the smallest error.
+            :data:`INIT_SPACINGS` the schedule supports that starts at ``sigma_max``, keeping the one
+            with the smallest error.
         method: ``"powell"`` (default) or ``"nelder-mead"`` (scipy.optimize.minimize).
         reference: exact endpoints at ``sigma = 0`` of ``x_calibration``; default computed by
             :func:`~flowode.analytic.reference_solve` (``rtol = 1e-10``).
