@@ -151,8 +151,9 @@ def run_diffusers(name: str, variant: str, steps: int, x_t: torch.Tensor, ctr: C
         s_start = float(SIGMAS64[int(ts[0])])
         if getattr(sch, "sigmas", None) is not None and len(sch.sigmas) == len(ts) + 1:
             s_end = float(sch.sigmas[-1])
-        else:
-            a_fin = float(sch.final_alpha_cumprod)
+        else:  # DDIM / PNDM step to t - N // n (diffusers' fixed stride), or to final_alpha_cumprod below 0
+            prev = int(ts[-1]) - 1000 // sch.num_inference_steps
+            a_fin = float(sch.final_alpha_cumprod) if prev < 0 else float(ABAR64[prev])
             s_end = math.sqrt((1 - a_fin) / a_fin)
         sample = x_t.clone()
         for t in ts:
