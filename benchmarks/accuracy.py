@@ -17,10 +17,18 @@ NFE: counted by a counter around the model function (actual calls). For a target
 method runs the largest step count whose counted NFE is ``<= N``. Adaptive flowode solvers run at a
 ladder of tolerances and are reported at their actual NFE.
 
+Headline: the best flowode row and the best peer row at each NFE among the *full-range* runs,
+those that start at ``sigma_max`` (t = 999) and end at ``sigma = 0``; runs that start lower
+(diffusers' ``leading`` spacing, flowode's ``leading`` / ``quadratic``) or end at ``sigma_min``
+solve a shorter problem and are listed (marked) in the per-method table only. Solvers that fail
+(or cannot fit a budget, e.g. PNDM's 13-evaluation Runge-Kutta warm-up at NFE 5 and 10) are
+skipped and listed.
+
 Rows (JSON lines, resumable: finished cells are skipped):
 * flowode: every registered deterministic solver x {default grid (the solver's / schedule's
-  default spacing), each built-in spacing, the grid of ``flowode.optimize_grid`` fitted on a
-  separate 256-sample calibration batch (own seed)};
+  default spacing), each built-in spacing}, plus the grid of ``flowode.optimize_grid`` (fitted on
+  a separate 256-sample calibration batch with its own seed, 300 solves) for the
+  ``--optimize-top`` (default 3) solvers with the lowest built-in RMSE at each NFE (``0``: all);
 * diffusers: DDIM, DPM-Solver++(2M), UniPC, Euler, Heun, LMS, PNDM, DEIS x {own default config,
   ``timestep_spacing="trailing"`` = flowode's default grid for this schedule};
 * k-diffusion (if importable): Euler, Heun, LMS, DPM-2, DPM++(2M) x {Karras sigmas (rho = 7),
@@ -599,7 +607,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--solvers", nargs="+", default=None, help="flowode solvers (default: every registered one)")
     p.add_argument("--peers", nargs="+", default=None, help="peer names (diffusers names; k-diffusion as k_<name>)")
     p.add_argument("--no-optimize", action="store_true")
-    p.add_argument("--opt-nfe", type=int, nargs="+", default=[5, 10, 20], help="NFE budgets that get an optimised grid")
+    p.add_argument("--opt-nfe", type=int, nargs="+", default=[5, 10, 20, 50],
+                   help="NFE budgets that get an optimised grid")
     p.add_argument("--optimize-top", type=int, default=3,
                    help="optimise grids for the K flowode solvers with the best built-in RMSE per NFE (0: all)")
     p.add_argument("--no-diffusers", action="store_true")
