@@ -21,7 +21,7 @@ Headline: the best flowode row and the best peer row at each NFE among the *full
 those that start at ``sigma_max`` (t = 999) and end at ``sigma = 0``; runs that start lower
 (diffusers' ``leading`` spacing, flowode's ``leading`` / ``quadratic``) or end at ``sigma_min``
 solve a shorter problem and are listed (marked) in the per-method table only. Solvers that fail
-(or cannot fit a budget, e.g. PNDM's 13-evaluation Runge-Kutta warm-up at NFE 5 and 10) are
+(or cannot fit a budget, e.g. PNDM's Runge-Kutta warm-up at NFE 5 and 10) are
 skipped and listed.
 
 Rows (JSON lines, resumable: finished cells are skipped):
@@ -575,10 +575,63 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+PREAMBLE = """## Accuracy per network evaluation (RMSE against the exact flow)
+
+Command (CPU, about 3 min on 2 cores with the solvers below; resumable, `--fresh` starts over):
+
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/accuracy.py --fresh --markdown benchmarks/sections/accuracy.md
+
+Setup: exact analytic eps of two Gaussian mixtures (`gmm_ring()`, 2-D, 8 components of std 0.1;
+`gmm_random(64)`, 64-D, 8 components of std 0.3), DDPM linear schedule (1000 steps, beta 1e-4 ..
+0.02), {samples} start states `x_T ~ N(0, I)` (seed {seed}), float64 (diffusers' Euler step
+computes in float32 internally: 5e-7 from float64). RMSE over all entries of `x - x_ref`, `x_ref` =
+`flowode.reference_solve` (DOP853, rtol = atol = 1e-10) from the run's first noise level to its
+last one with the same start noise. NFE = counted model calls; each method runs the largest step
+count whose count is <= the budget. Endpoint convention: the headline compares full-range runs
+only (from sigma_max, t = 999, to sigma = 0, the last step returning the denoised estimate);
+runs that start lower or stop at sigma_min are marked † below. flowode grids: the solver's
+default, every built-in spacing, and `optimize_grid` (fitted on a separate {calibration}-sample
+calibration batch, {opt_evals} solves, for the {top} best solvers per NFE; the error shown is on
+the {samples} evaluation samples). Peers: diffusers {diffusers_version} schedulers with float64
+`alphas_cumprod` / sigmas, own default config and `timestep_spacing="trailing"`;
+k-diffusion {k_status}, Karras sigmas (rho 7) and flowode's trailing grid.
+
+flowode solvers in this run: {solvers}. Peers get their own grids only (no optimised grid);
+flowode's "best built-in spacing" is picked on the evaluation samples, its optimised grid on the
+separate calibration batch. Plot (log-log, best full-range grid per method):
+`benchmarks/accuracy.png`.
+"""
+
+
+def _preamble(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    try:
+        import diffusers
+
+        dv = diffusers.__version__
+    except Exception:
+        dv = "(not installed)"
+    ks = import_k_sampling()
+    if ks is None:
+        k_status = "(not importable: skipped)"
+    else:
+        try:
+            from importlib.metadata import version
+
+            k_status = version("k-diffusion")
+        except Exception:
+            k_status = "(version unknown)"
+        k_status += " (`k_diffusion.sampling` loaded alone; see `import_k_sampling`)"
+    solvers = sorted({r["method"] for r in rows if r["library"] == "flowode" and "rmse" in r})
+    return PREAMBLE.format(samples=args.samples, seed=args.seed, calibration=args.calibration,
+                           opt_evals=args.opt_evals, top=args.optimize_top or "all", diffusers_version=dv,
+                           k_status=k_status, solvers=", ".join(f"`{s}`" for s in solvers) or "-")
+
+
 def write_report(args: argparse.Namespace) -> None:
     rows = load_rows(args.out)
     nf = [n for n in args.nfe if n in (5, 10, 20, 50)] or args.nfe
-    md = ["### Best flowode solver + grid vs best peer (same model, same start noise, same run)\n", table(rows, nf),
+    md = [_preamble(args, rows),
+          "### Best flowode solver + grid vs best peer (same model, same start noise, same run)\n", table(rows, nf),
           "\n### Per method\n", detail_table(rows, nf), "\n### Skipped / failed\n", failures(rows)]
     text = "\n".join(md) + "\n"
     print(text)
