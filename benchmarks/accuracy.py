@@ -61,7 +61,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import flowode  # noqa: E402
 from flowode.analytic import GaussianMixture, gmm_random, gmm_ring  # noqa: E402
-from flowode.grids import SPACINGS, GridError  # noqa: E402
+from flowode.grids import SPACINGS  # noqa: E402
 from flowode.integrate import steps_for_nfe  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
@@ -309,12 +309,18 @@ class Bench:
             default_sp = slv.default_spacing or SCHED.default_spacing
             for nfe in self.args.nfe:
                 grids: dict[str, torch.Tensor] = {}
+                why = ""
                 for sp in SPACINGS:
                     try:
                         st = steps_for_nfe(slv, nfe, lambda n, sp=sp: flowode.sigma_grid(SCHED, n, sp))
                         grids[f"spacing:{sp}"] = flowode.sigma_grid(SCHED, st, sp)
-                    except (GridError, ValueError):
-                        pass
+                    except Exception as e:  # a spacing this solver cannot use at this budget
+                        why = f"{type(e).__name__}: {e}"
+                if not grids:
+                    base = {"mixture": mix, "library": "flowode", "method": name, "grid": "-", "nfe_target": nfe}
+                    if self.key(base) not in self.done:
+                        self.write({**base, "error": f"no grid fits NFE <= {nfe}: {why}"})
+                    continue
                 if f"spacing:{default_sp}" in grids:
                     grids["default"] = grids[f"spacing:{default_sp}"]
                 for gname, g in grids.items():
