@@ -12,6 +12,7 @@ from .field import ProbabilityFlow
 from .grids import GridError, check_grid, sigma_grid, sigmas_from_timesteps
 from .integrate import Solution, decode, encode, integrate, sample
 from .models import EpsilonModel, NetworkOutputError
+from .optimize import load_grid, optimize_grid, save_grid
 from .pretrained import list_pretrained, load_pretrained
 from .schedules import (
     CosineVPSchedule,
@@ -39,4 +40,5 @@ __all__ = [
     "Gaussian", "GaussianMixture", "reference_solve",
     "invert", "roundtrip", "RoundTrip", "latent_stats", "invertibility_report",
     "adapters", "data", "nets", "train", "DenoiserModel", "from_diffusers", "list_pretrained", "load_pretrained",
+    "optimize_grid", "save_grid", "load_grid",
 ]
