@@ -44,6 +44,7 @@ def _problem(name: str, n: int, seed: int, dtype: Any) -> tuple[Any, Any]:
 
         model = flowode.load_pretrained("digits")
         data = load_digits()
+        assert isinstance(data, torch.Tensor)  # no labels asked for
         idx = torch.randperm(data.shape[0], generator=gen)[:n]
         return model, data[idx].to(dtype)
     sched = flowode.DiscreteVPSchedule.linear()
