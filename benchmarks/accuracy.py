@@ -64,7 +64,8 @@ from flowode.analytic import GaussianMixture, gmm_random, gmm_ring  # noqa: E402
 from flowode.grids import SPACINGS  # noqa: E402
 from flowode.integrate import steps_for_nfe  # noqa: E402
 
-torch.set_default_dtype(torch.float64)
+# float64 is set as torch's default dtype in main() only, so importing this module (the tests do)
+# leaves the process's default alone.
 
 SCHED = flowode.DiscreteVPSchedule.linear(num_timesteps=1000, beta_start=1e-4, beta_end=0.02)
 ABAR64 = SCHED.alphas_cumprod_knots.to(torch.float64)
@@ -115,11 +116,11 @@ def _make_diffusers(cls_name: str, config: dict[str, Any], steps: int) -> Any:
     cls = getattr(diffusers, cls_name)
     sch = cls(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", **config)
     # float64 tables (the scheduler builds float32 ones)
-    sch.betas = 1 - ABAR64 / torch.cat([torch.ones(1), ABAR64[:-1]])
+    sch.betas = 1 - ABAR64 / torch.cat([torch.ones(1, dtype=torch.float64), ABAR64[:-1]])
     sch.alphas = 1 - sch.betas
     sch.alphas_cumprod = ABAR64.clone()
     if hasattr(sch, "final_alpha_cumprod"):
-        sch.final_alpha_cumprod = torch.tensor(1.0) if config.get("set_alpha_to_one", sch.config.get(
+        sch.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64) if config.get("set_alpha_to_one", sch.config.get(
             "set_alpha_to_one", False)) else ABAR64[0].clone()
     if hasattr(sch, "alpha_t"):
         sch.alpha_t = ABAR64.sqrt()
@@ -232,7 +233,7 @@ def run_k(ks: types.ModuleType, name: str, variant: str, steps: int, x_t: torch.
 def fit_steps(run: Callable[[int, torch.Tensor, Counter], dict[str, Any]], budget: int, gmm: GaussianMixture,
               dim: int) -> tuple[int, int]:
     """Largest step count whose counted NFE is <= budget (dry run on one sample)."""
-    x1 = torch.zeros(1, dim)
+    x1 = torch.zeros(1, dim, dtype=torch.float64)
     best = (0, 0)
     for n in range(budget, 0, -1):
         ctr = Counter(gmm)
@@ -652,6 +653,7 @@ def write_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    torch.set_default_dtype(torch.float64)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke test: 64 samples, NFE 5 and 10, few solvers")
     p.add_argument("--out", default=None, help="JSON-lines results file (resumable)")
