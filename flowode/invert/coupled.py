@@ -14,7 +14,10 @@ CVPR 2023, eq. 10-14. Two chains ``(x, y)``, mixing parameter ``p`` (default 0.9
     x'      = p x_inter + (1 - p) y_inter             (eq. 12, mixing)
     y'      = p y_inter + (1 - p) x'
 
-and its inverse (eq. 14) undoes the four lines in reverse order. 2 evaluations per step in either
+and its inverse (eq. 14) undoes the four lines in reverse order. The code steps the same map in
+``xbar = x / alpha`` coordinates and, around a float32 network, keeps the chains in float64
+(``accumulate=True``): EDICT's decode amplifies a perturbation of the chain difference ``x - y``
+by ~``A + |B|`` per half-step (1e3-1e4 over 10 steps), so float32 chains lose ~1e-3. 2 evaluations per step in either
 direction. Encoding starts from ``x = y = data``; the latent is the pair ``(x_T, y_T)``; decoding
 the pair returns the ``x`` chain (the ``y`` chain is reconstructed exactly as well, in
 ``EdictLatent.y`` of the decode).
