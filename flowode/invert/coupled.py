@@ -14,7 +14,10 @@ CVPR 2023, eq. 10-14. Two chains ``(x, y)``, mixing parameter ``p`` (default 0.9
     x'      = p x_inter + (1 - p) y_inter             (eq. 12, mixing)
     y'      = p y_inter + (1 - p) x'
 
-and its inverse (eq. 14) undoes the four lines in reverse order. 2 evaluations per step in either
+and its inverse (eq. 14) undoes the four lines in reverse order. The code steps the same map in
+``xbar = x / alpha`` coordinates and, around a float32 network, keeps the chains in float64
+(``accumulate=True``): EDICT's decode amplifies a perturbation of the chain difference ``x - y``
+by ~``A + |B|`` per half-step (1e3-1e4 over 10 steps), so float32 chains lose ~1e-3. 2 evaluations per step in either
 direction. Encoding starts from ``x = y = data``; the latent is the pair ``(x_T, y_T)``; decoding
 the pair returns the ``x`` chain (the ``y`` chain is reconstructed exactly as well, in
 ``EdictLatent.y`` of the decode).
@@ -72,45 +75,93 @@ def _levels(sigmas: Tensor) -> list[float]:
 
 @dataclass
 class EdictLatent:
-    """The EDICT state: both chains at one noise level."""
+    """The EDICT state: both chains at one noise level.
+
+    ``dtype`` is the dtype the network runs in (``None``: that of ``x``). An encode with
+    ``accumulate=True`` (the default) returns the chains in float64 although the network ran in
+    ``dtype``: the pair must be kept at that precision for an exact decode (see
+    :func:`edict_encode`)."""
 
     x: Tensor
     y: Tensor
+    dtype: Optional[torch.dtype] = None
 
 
-def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: float = 0.93) -> EdictLatent:
+def _state_dtype(net_dtype: torch.dtype, device: torch.device, accumulate: bool) -> torch.dtype:
+    """The dtype of the chains: float64 when accumulating a lower-precision network (and the device
+    has float64), else the network's own dtype."""
+    if accumulate and net_dtype != torch.float64 and device.type != "mps" and torch.empty(
+            0, dtype=net_dtype).is_floating_point():
+        return torch.float64
+    return net_dtype
+
+
+def _eps(model: EpsilonModel, xbar: Tensor, alpha: float, sigma: float, net_dtype: torch.dtype) -> Tensor:
+    """``eps(alpha * xbar, sigma)`` with the network in ``net_dtype``, returned in ``xbar``'s dtype.
+    Encode and decode form this argument by the same operations, so equal states give bitwise
+    equal network inputs."""
+    return model.predict((xbar * alpha).to(net_dtype), sigma).eps.to(xbar.dtype)
+
+
+def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: float = 0.93,
+                 accumulate: bool = True) -> EdictLatent:
     """Decode the pair along the decreasing grid ``sigmas`` (EDICT eq. 10-12, 2 NFE per step).
-    The data estimate is ``.x`` of the result."""
+    The data estimate is ``.x`` of the result, in the network's dtype ``latent.dtype``.
+
+    Numerics: the chains are stepped in ``xbar = x / alpha`` coordinates, where the DDIM step is
+    ``xbar' = xbar + (sigma' - sigma) eps`` and the mixing (an affine combination) commutes with the
+    common scale -- the same map as eq. 10-12 in ``x`` with ``A x + B eps``, but without
+    multiplying the state by ``A = alpha'/alpha`` (up to 9 on a 10-step grid) and cancelling
+    ``A x`` against ``B eps``. With ``accumulate=True`` the chains are carried in float64 while
+    the network runs in its own dtype (see :func:`edict_encode` for why)."""
     p = _check_p(p)
     s = _levels(sigmas)
-    x, y = latent.x, latent.y
+    net_dtype = latent.dtype or latent.x.dtype
+    sd = _state_dtype(net_dtype, latent.x.device, accumulate)
+    al = [float(model.schedule.alpha_from_sigma(v)) for v in s]
+    x, y = latent.x.to(sd) / al[0], latent.y.to(sd) / al[0]
     for i in range(len(s) - 1):
         model.step_hint = i
-        a, b = ddim_coefficients(model, s[i], s[i + 1])
-        x_in = torch.add(x * a, model.predict(y, s[i]).eps, alpha=b)
-        y_in = torch.add(y * a, model.predict(x_in, s[i]).eps, alpha=b)
+        d = s[i + 1] - s[i]
+        x_in = torch.add(x, _eps(model, y, al[i], s[i], net_dtype), alpha=d)
+        y_in = torch.add(y, _eps(model, x_in, al[i + 1], s[i], net_dtype), alpha=d)  # x_in lives at level i+1
         x = torch.lerp(y_in, x_in, p)  # p x_in + (1 - p) y_in
         y = torch.lerp(x, y_in, p)  # p y_in + (1 - p) x'
     model.step_hint = None
-    return EdictLatent(x, y)
+    return EdictLatent((x * al[-1]).to(net_dtype), (y * al[-1]).to(net_dtype), net_dtype)
 
 
 def edict_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, p: float = 0.93,
-                 y0: Optional[Tensor] = None) -> EdictLatent:
+                 y0: Optional[Tensor] = None, accumulate: bool = True) -> EdictLatent:
     """Encode data ``x0`` (state at ``sigmas[-1]``) to the EDICT pair at ``sigmas[0]`` by the exact
-    inverse of :func:`edict_decode` (EDICT eq. 14), 2 NFE per step. ``y0`` defaults to ``x0``."""
+    inverse of :func:`edict_decode` (EDICT eq. 14, in ``xbar`` coordinates), 2 NFE per step.
+    ``y0`` defaults to ``x0``. The network runs in ``x0``'s dtype.
+
+    ``accumulate=True`` (default) carries the two chains in float64 when the network runs in a
+    lower precision; the returned pair is float64 (``.dtype`` records the network's). Why: the
+    EDICT decode map is very ill-conditioned along the chain *difference* ``x - y`` at large steps
+    (even in exact arithmetic a relative perturbation of 6e-8 of the 10-step latent pair along
+    ``x - y`` comes back as ~4e-3 in the data, see docs/inversion.md), so round-off of the
+    float32 chains -- and the float32 rounding of the latent itself -- caps a float32 round trip
+    at ~1e-4..1e-3. With float64 chains every network call sees a bitwise-equal float32 argument
+    in both directions and the round trip is exact to ~1e-13. ``accumulate=False`` keeps
+    everything in ``x0``'s dtype (the paper's arithmetic)."""
     p = _check_p(p)
     s = _levels(sigmas)
-    x, y = x0, (x0 if y0 is None else y0)
+    net_dtype = x0.dtype
+    sd = _state_dtype(net_dtype, x0.device, accumulate)
+    al = [float(model.schedule.alpha_from_sigma(v)) for v in s]
+    x = x0.to(sd) / al[-1]
+    y = (x0 if y0 is None else y0).to(sd) / al[-1]
     for i in range(len(s) - 2, -1, -1):
         model.step_hint = i
-        a, b = ddim_coefficients(model, s[i], s[i + 1])
+        d = s[i + 1] - s[i]
         y_in = (y - x * (1 - p)) / p
         x_in = (x - y_in * (1 - p)) / p
-        y = (y_in - model.predict(x_in, s[i]).eps * b) / a
-        x = (x_in - model.predict(y, s[i]).eps * b) / a
+        y = y_in - _eps(model, x_in, al[i + 1], s[i], net_dtype) * d
+        x = x_in - _eps(model, y, al[i], s[i], net_dtype) * d
     model.step_hint = None
-    return EdictLatent(x, y)
+    return EdictLatent(x * al[0], y * al[0], net_dtype)
 
 
 @dataclass

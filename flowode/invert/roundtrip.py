@@ -167,7 +167,8 @@ def roundtrip(
         data_range: PSNR data range (default 2.0 for data in [-1, 1]; PSNR is reported for
             image-shaped data or when this is given).
         **options: grid keywords (``final``, ``sigma_min``, ``sigma_max``, ``rho``, ``offset``), then
-            the method's options: solver options for a solver; ``p`` for EDICT (default 0.93);
+            the method's options: solver options for a solver; ``p`` for EDICT (default 0.93) and
+            ``accumulate`` (default True: float64 chains around a lower-precision network);
             ``gamma`` for BDIA (default 1.0); for fixed_point ``solver`` (default ``"ddim"``; or
             ``"dpm_solver++_2m"``), ``tol``, ``max_iter``, ``anderson``, ``on_fail`` and the solver's options.
 
@@ -192,11 +193,12 @@ def roundtrip(
         n0 = model.nfe
         if key == "edict":
             p = float(options.pop("p", 0.93))
+            acc = bool(options.pop("accumulate", True))
             _no_more(options, key)
-            state = edict_encode(model, x0, g, p)
+            state = edict_encode(model, x0, g, p, accumulate=acc)
             n1 = model.nfe
-            rec = edict_decode(model, state, g, p).x
-            latent = state.x
+            rec = edict_decode(model, state, g, p, accumulate=acc).x
+            latent = state.x.to(x0.dtype)
         elif key == "bdia":
             gamma = float(options.pop("gamma", 1.0))
             _no_more(options, key)
@@ -246,7 +248,7 @@ def roundtrip(
 
 def _no_more(options: dict[str, Any], method: str) -> None:
     if options:
-        takes = {"edict": "`p`", "bdia": "`gamma`"}[method]
+        takes = {"edict": "`p`, `accumulate`", "bdia": "`gamma`"}[method]
         raise TypeError(f"method {method!r} got unknown option(s) {sorted(options)}; it takes {takes} "
                         "(and the grid keywords).")
 
