@@ -18,6 +18,7 @@ ORDER = [
     ("multistep_adaptive.md", "Linear multistep and adaptive solvers (issue 3)"),
     ("core.md", "Fixed-step solvers: orders and DDIM identities (issue 2)"),
     ("inversion.md", "Encode/decode round trips (issue 5)"),
+    ("edict_precision.md", "EDICT in float32: round-off and its cause (issue 5)"),
     ("bench.md", "Benchmark engine example (issue 4)"),
 ]
 
