@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .grids import check_grid, sigma_grid
+from .grids import GridError, check_grid, sigma_grid
 from .models import EpsilonModel
 from .solvers import Context, Solver, make
 from .solvers.base import SolverError
@@ -143,7 +143,15 @@ def steps_for_nfe(solver: Solver, nfe: int, grid_for_steps: Any) -> int:
         raise ValueError(f"`nfe` must be a positive integer, got {nfe!r}.")
     best = 0
     for steps in range(1, int(nfe) + 1):
-        if solver.nfe([float(v) for v in grid_for_steps(steps).tolist()]) <= nfe:
+        try:
+            grid = grid_for_steps(steps)
+        except GridError:
+            # more steps than the spacing allows (e.g. > num_timesteps, or repeated timesteps): larger
+            # counts fail too, so the best feasible count found so far is the answer
+            if best == 0:
+                raise
+            break
+        if solver.nfe([float(v) for v in grid.tolist()]) <= nfe:
             best = steps
     if best == 0:
         cost = solver.nfe([float(v) for v in grid_for_steps(1).tolist()])

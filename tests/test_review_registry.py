@@ -243,3 +243,20 @@ def test_edm_final_zero_returns_denoised_of_exact_path(name):
     sol = flowode.integrate(G.model(EDM), xT, grid, name)
     err = float((sol.x - G.flow(xT, float(grid[0]), 0.0, EDM)).abs().max())
     assert err < 0.05, err
+
+
+@pytest.mark.parametrize("solver, budget, spacing, steps", [
+    ("heun", 1200, "trailing", 600),        # 600 steps fit; 1001+ exceed the 1000 timesteps
+    ("dpm_solver_3", 60, "quadratic", 20),  # 20 steps fit; quadratic repeats a timestep from 30 on
+])
+def test_nfe_budget_beyond_the_spacings_step_limit(solver, budget, spacing, steps):
+    """Regression: ``steps_for_nfe`` tried every step count up to the budget and raised the GridError
+    of an impossible count, although a smaller count used the budget."""
+    sol = flowode.sample(G.model(VP), torch.randn(2, 2, dtype=torch.float64), nfe=budget, solver=solver,
+                         spacing=spacing)
+    assert len(sol.sigmas) - 1 == steps and sol.nfe <= budget
+
+
+def test_nfe_budget_still_reports_impossible_grids():
+    with pytest.raises(GridError, match="spacing"):
+        flowode.sample(G.model(VP), torch.randn(2, 2, dtype=torch.float64), nfe=5, solver="ddim", spacing="nope")
