@@ -63,7 +63,8 @@ def _check_state(x: Any) -> None:
         raise ValueError(f"`x` must have a leading batch dimension of size >= 1, got shape {tuple(x.shape)}.")
     if not x.is_floating_point():
         raise TypeError(f"`x` must be a floating-point tensor, got {x.dtype}.")
-    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):  # one reduction in the usual case
+    # one reduction in the usual case (detached: no autograd warning when x requires grad)
+    if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError("`x` contains NaN or Inf.")
 
 

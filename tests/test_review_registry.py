@@ -260,3 +260,22 @@ def test_nfe_budget_beyond_the_spacings_step_limit(solver, budget, spacing, step
 def test_nfe_budget_still_reports_impossible_grids():
     with pytest.raises(GridError, match="spacing"):
         flowode.sample(G.model(VP), torch.randn(2, 2, dtype=torch.float64), nfe=5, solver="ddim", spacing="nope")
+
+
+@pytest.mark.parametrize("name", [n for n in FIXED if SOLVERS[n].encodes] + ["dopri5", "adaptive_heun"])
+def test_gradients_flow_through_fixed_step_solvers_without_warnings(name):
+    """Backpropagating through a sampler (latent optimisation) works for every fixed-step solver and
+    the torchdiffeq ones, and does not warn (the input / output checks and torchdiffeq callbacks
+    called float() on tensors requiring grad; torch warns once per process, so this catches it only
+    for the first solver run). Not differentiable: scipy_* (NumPy) and bs23_per_sample (in-place
+    per-sample updates)."""
+    import warnings
+
+    x = torch.randn(3, 2, dtype=torch.float64, generator=gen()).requires_grad_()
+    grid = flowode.sigma_grid(VP, 16, "logsnr", final="min")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sol = flowode.integrate(G.model(VP), x, grid, name)
+        sol.x.sum().backward()
+    exact = torch.autograd.grad(G.flow(x, float(grid[0]), float(grid[-1]), VP).sum(), x)[0]
+    assert x.grad is not None and float((x.grad - exact).abs().max()) < 0.2
