@@ -279,3 +279,14 @@ def test_gradients_flow_through_fixed_step_solvers_without_warnings(name):
         sol.x.sum().backward()
     exact = torch.autograd.grad(G.flow(x, float(grid[0]), float(grid[-1]), VP).sum(), x)[0]
     assert x.grad is not None and float((x.grad - exact).abs().max()) < 0.2
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_integrate_refuses_increasing_grid_ending_at_inf(name):
+    """Regression: ``integrate`` on an increasing grid ending at sigma = inf (e.g. a flipped
+    zero-terminal-SNR decode grid) returned NaN (ddim, deis, plms, ...) or overflowed; only
+    ``encode`` and the exponential integrators checked it."""
+    grid = torch.flip(flowode.sigma_grid(ZSNR, 6, "trailing", final="min"), [0])
+    assert math.isinf(float(grid[-1]))
+    with pytest.raises(SolverError, match="sigma = inf"):
+        flowode.integrate(G.model(ZSNR, prediction="v"), G.sample(3), grid, name)

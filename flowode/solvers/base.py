@@ -151,6 +151,13 @@ class Solver:
                 f"solver {self.name!r} only integrates towards the data (decreasing `sigmas`); "
                 "it cannot encode. Use a deterministic solver such as 'ddim' or 'heun' to encode."
             )
+        if not ctx.decreasing and math.isinf(ctx.sigma_list[-1]):
+            # alpha = 0 there: the state x = alpha * xbar carries no information (every solver
+            # returned NaN or overflowed before this check)
+            raise SolverError(
+                f"solver {self.name!r} cannot encode up to sigma = inf (zero terminal SNR, alpha = 0); end the "
+                "increasing grid at a finite sigma (e.g. drop its last entry)."
+            )
 
     def nfe(self, sigmas: list[float]) -> int:
         """Exact number of model evaluations on the grid ``sigmas`` (fixed-step solvers)."""
