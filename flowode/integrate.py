@@ -143,17 +143,22 @@ def steps_for_nfe(solver: Solver, nfe: int, grid_for_steps: Any) -> int:
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
         raise ValueError(f"`nfe` must be a positive integer, got {nfe!r}.")
     best = 0
+    first_error: Optional[GridError] = None
     for steps in range(1, int(nfe) + 1):
         try:
             grid = grid_for_steps(steps)
-        except GridError:
+        except GridError as exc:
             # more steps than the spacing allows (e.g. > num_timesteps, or repeated timesteps): larger
-            # counts fail too, so the best feasible count found so far is the answer
-            if best == 0:
-                raise
-            break
+            # counts fail too, so the best feasible count found so far is the answer. Before any
+            # feasible count (e.g. linspace + final="min" at steps=1), try the next one.
+            if best > 0:
+                break
+            first_error = first_error or exc
+            continue
         if solver.nfe([float(v) for v in grid.tolist()]) <= nfe:
             best = steps
+    if best == 0 and first_error is not None:
+        raise first_error
     if best == 0:
         cost = solver.nfe([float(v) for v in grid_for_steps(1).tolist()])
         raise ValueError(

@@ -290,3 +290,18 @@ def test_integrate_refuses_increasing_grid_ending_at_inf(name):
     assert math.isinf(float(grid[-1]))
     with pytest.raises(SolverError, match="sigma = inf"):
         flowode.integrate(G.model(ZSNR, prediction="v"), G.sample(3), grid, name)
+
+
+@pytest.mark.parametrize("name", FIXED)
+def test_nfe_budget_with_linspace_final_min(name):
+    """Regression: linspace with steps=1 is the single timestep 0, so with final="min" there is no
+    step; ``sample(nfe=N)`` raised that grid's error (with a message about `sigmas`) for every N
+    instead of using 2 or more steps. Every budget that fits now works, on a zero-SNR schedule too."""
+    for sched, pred in ((VP, "eps"), (ZSNR, "v")):
+        for budget in (4, 7):
+            m = counted_model(sched, pred)
+            sol = flowode.sample(m, torch.randn(2, 2, dtype=torch.float64), nfe=budget, solver=name,
+                                 spacing="linspace", final="min", generator=gen())
+            assert sol.nfe <= budget and sol.nfe == m.raw_calls and torch.isfinite(sol.x).all()
+    with pytest.raises(GridError, match="steps=1"):
+        flowode.sigma_grid(VP, 1, "linspace", final="min")
