@@ -311,3 +311,14 @@ def test_nfe_budget_with_linspace_final_min(name):
             assert sol.nfe <= budget and sol.nfe == m.raw_calls and torch.isfinite(sol.x).all()
     with pytest.raises(GridError, match="steps=1"):
         flowode.sigma_grid(VP, 1, "linspace", final="min")
+
+
+def test_registry_stochastic_flag_is_a_bool_on_every_class():
+    """Regression: ``SOLVERS["ddim"].stochastic`` was a (truthy) property object, so filtering the
+    registry by ``cls.stochastic`` treated DDIM as stochastic. Class: default options; instance:
+    its own options."""
+    for name, cls in SOLVERS.items():
+        assert isinstance(cls.stochastic, bool), name
+        assert make(name).stochastic is cls.stochastic, name
+    assert SOLVERS["ddim"].stochastic is False and make("ddim", eta=0.5).stochastic is True
+    assert SOLVERS["ddpm"].stochastic is True
