@@ -322,3 +322,25 @@ def test_registry_stochastic_flag_is_a_bool_on_every_class():
         assert make(name).stochastic is cls.stochastic, name
     assert SOLVERS["ddim"].stochastic is False and make("ddim", eta=0.5).stochastic is True
     assert SOLVERS["ddpm"].stochastic is True
+
+
+@pytest.mark.parametrize("name", ["ddim", "heun", "dpm_solver++_2m", "plms", "unipc"])
+def test_progress_counts_steps_with_and_without_trajectory(name, monkeypatch):
+    """Regression: with ``save_trajectory=True`` the record of the initial state also advanced the
+    progress bar (steps + 1 updates for ``steps`` steps)."""
+    import sys
+
+    integrate_module = sys.modules["flowode.integrate"]
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            Bar.n += k
+
+    real = integrate_module.Context
+    monkeypatch.setattr(integrate_module, "Context", lambda *a, **k: real(*a, **dict(k, progress=Bar())))
+    for save in (False, True):
+        Bar.n = 0
+        flowode.integrate(G.model(VP), torch.randn(2, 2), flowode.sigma_grid(VP, 5), name, save_trajectory=save)
+        assert Bar.n == 5, (save, Bar.n)

@@ -88,7 +88,7 @@ class Context:
     def record(self, x: Tensor, sigma: float, pred: Optional[Prediction] = None) -> None:
         """Keep ``x`` (state at ``sigma``) and, when given, the x0 prediction made from the
         previous grid point; a no-op unless ``save_trajectory``."""
-        if self.progress is not None:
+        if self.progress is not None and sigma != self.sigma_list[0]:  # the initial state is not a step
             self.progress.update(1)
         if not self.save_trajectory:
             return
