@@ -130,7 +130,13 @@ def sigma_grid(
                 "'uniform_t', 'logsnr' or 'karras' with them, or slice the grid."
             )
         ts = _discrete_timesteps(schedule, steps, spacing, offset)  # type: ignore[arg-type]
-        return check_grid(sigmas_from_timesteps(schedule, ts, final), schedule)
+        out = sigmas_from_timesteps(schedule, ts, final)
+        if len(out) < 2:  # e.g. linspace with steps=1 gives t = [0]; final="min" adds nothing after it
+            raise GridError(
+                f"spacing {spacing!r} with steps={steps} and final='min' gives the single timestep "
+                f"{ts.tolist()}: no step to take. Use more steps, final='zero' or another spacing."
+            )
+        return check_grid(out, schedule)
 
     smin = schedule.sigma_min if sigma_min is None else float(sigma_min)
     smax = schedule.sigma_max if sigma_max is None else float(sigma_max)

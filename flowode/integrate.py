@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .grids import check_grid, sigma_grid
+from .grids import GridError, check_grid, sigma_grid
 from .models import EpsilonModel
 from .solvers import Context, Solver, make
 from .solvers.base import SolverError
@@ -63,7 +63,8 @@ def _check_state(x: Any) -> None:
         raise ValueError(f"`x` must have a leading batch dimension of size >= 1, got shape {tuple(x.shape)}.")
     if not x.is_floating_point():
         raise TypeError(f"`x` must be a floating-point tensor, got {x.dtype}.")
-    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):  # one reduction in the usual case
+    # one reduction in the usual case (detached: no autograd warning when x requires grad)
+    if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError("`x` contains NaN or Inf.")
 
 
@@ -142,9 +143,22 @@ def steps_for_nfe(solver: Solver, nfe: int, grid_for_steps: Any) -> int:
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
         raise ValueError(f"`nfe` must be a positive integer, got {nfe!r}.")
     best = 0
+    first_error: Optional[GridError] = None
     for steps in range(1, int(nfe) + 1):
-        if solver.nfe([float(v) for v in grid_for_steps(steps).tolist()]) <= nfe:
+        try:
+            grid = grid_for_steps(steps)
+        except GridError as exc:
+            # more steps than the spacing allows (e.g. > num_timesteps, or repeated timesteps): larger
+            # counts fail too, so the best feasible count found so far is the answer. Before any
+            # feasible count (e.g. linspace + final="min" at steps=1), try the next one.
+            if best > 0:
+                break
+            first_error = first_error or exc
+            continue
+        if solver.nfe([float(v) for v in grid.tolist()]) <= nfe:
             best = steps
+    if best == 0 and first_error is not None:
+        raise first_error
     if best == 0:
         cost = solver.nfe([float(v) for v in grid_for_steps(1).tolist()])
         raise ValueError(

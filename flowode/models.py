@@ -204,7 +204,7 @@ class EpsilonModel:
             )
         # one reduction first (NaN / Inf propagate through a sum); the exact element-wise test only
         # when the sum is not finite (a bad entry, or a sum that overflowed)
-        if self.check_finite and not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
+        if self.check_finite and not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
             bad = (~torch.isfinite(out)).flatten(1).any(1).nonzero().flatten().tolist()
             where = self._where(sigma)
             raise NetworkOutputError(

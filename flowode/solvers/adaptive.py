@@ -239,13 +239,13 @@ class _Recorder(torch.nn.Module):
         self.last: Optional[tuple[float, Tensor]] = None
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.field(y, float(t))
+        return self.field(y, float(t.detach()))
 
     def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        self.last = (float(t0), y0)
+        self.last = (float(t0.detach()), y0)
 
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        self.accepted.append((float(t0), float(dt)))
+        self.accepted.append((float(t0.detach()), float(dt.detach())))
 
     def callback_reject_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.rejected += 1

@@ -88,7 +88,7 @@ class Context:
     def record(self, x: Tensor, sigma: float, pred: Optional[Prediction] = None) -> None:
         """Keep ``x`` (state at ``sigma``) and, when given, the x0 prediction made from the
         previous grid point; a no-op unless ``save_trajectory``."""
-        if self.progress is not None:
+        if self.progress is not None and sigma != self.sigma_list[0]:  # the initial state is not a step
             self.progress.update(1)
         if not self.save_trajectory:
             return
@@ -150,6 +150,13 @@ class Solver:
             raise SolverError(
                 f"solver {self.name!r} only integrates towards the data (decreasing `sigmas`); "
                 "it cannot encode. Use a deterministic solver such as 'ddim' or 'heun' to encode."
+            )
+        if not ctx.decreasing and math.isinf(ctx.sigma_list[-1]):
+            # alpha = 0 there: the state x = alpha * xbar carries no information (every solver
+            # returned NaN or overflowed before this check)
+            raise SolverError(
+                f"solver {self.name!r} cannot encode up to sigma = inf (zero terminal SNR, alpha = 0); end the "
+                "increasing grid at a finite sigma (e.g. drop its last entry)."
             )
 
     def nfe(self, sigmas: list[float]) -> int:

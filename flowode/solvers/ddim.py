@@ -35,6 +35,15 @@ def _ratio_sq(sigma: float, sigma_next: float) -> float:
     return 0.0 if math.isinf(sigma) else (sigma_next / sigma) ** 2
 
 
+class _EtaStochastic:
+    """``DDIM.stochastic``: ``eta > 0`` on an instance, ``False`` on the class (the default
+    ``eta = 0``). A plain property made ``SOLVERS["ddim"].stochastic`` a truthy property object, so
+    filtering the registry by ``cls.stochastic`` dropped DDIM from the deterministic solvers."""
+
+    def __get__(self, obj: Optional["DDIM"], cls: Optional[type] = None) -> bool:
+        return False if obj is None else obj.eta > 0
+
+
 @register
 @dataclass
 class DDIM(OneStepSolver):
@@ -56,9 +65,7 @@ class DDIM(OneStepSolver):
         if not (self.eta >= 0 and math.isfinite(self.eta)):
             raise SolverError(f"`eta` must be a finite number >= 0, got {self.eta}.")
 
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.eta > 0
+    stochastic = _EtaStochastic()  # type: ignore[assignment]
 
     def check(self, ctx: Context) -> None:
         if self.eta > 0 and not ctx.decreasing:
