@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .grids import check_grid, sigmas_from_timesteps
-from .models import EpsilonModel, Prediction
+from .models import EpsilonModel
 from .schedules import DiscreteVPSchedule, Schedule
 
 __all__ = ["from_diffusers", "diffusers_schedule", "diffusers_sigmas", "DenoiserModel", "PREDICTION_TYPES"]
@@ -149,7 +149,8 @@ class DenoiserModel(EpsilonModel):
 
     The model state is ``x = alpha(sigma) * xbar`` as for every flowode model (``x = xbar`` on VE
     and EDM schedules). At ``sigma = 0`` (the first evaluation of an encode) ``D`` is called at the
-    schedule's ``sigma_min``, as for every network.
+    schedule's ``sigma_min`` and eps is converted there, as for every network
+    (:meth:`EpsilonModel.predict`), so the first encode step matches the equivalent eps model.
     """
 
     def __init__(self, denoiser: Callable[[Tensor, Tensor], Tensor], schedule: Schedule, **kwargs: Any) -> None:
@@ -165,20 +166,8 @@ class DenoiserModel(EpsilonModel):
         shape = (-1,) + (1,) * (x.dim() - 1)
         return self.denoiser(x / alpha.view(shape), sigma.to(x))
 
-    def predict(self, x: Tensor, sigma: Union[float, Tensor]) -> Prediction:
-        """``(eps, x0)`` at ``(x, sigma)``. At ``sigma = 0`` the state is its own x0, and eps is the
-        one of ``D`` at ``sigma_min``, ``(xbar - D(xbar, sigma_min)) / sigma_min`` -- what an eps
-        network evaluated at its smallest trained level gives -- so the first step of an encode
-        matches the equivalent eps model (an x0 output alone says nothing about eps at 0)."""
-        if float(sigma) != 0.0:
-            return super().predict(x, sigma)
-        pred = super().predict(x, self.schedule.sigma_min)
-        return Prediction(pred.eps, x)
-
     def network(self, x: Tensor, sigma: Union[float, Tensor]) -> Tensor:
-        s = float(sigma)
-        if s == 0.0:
-            s = self.schedule.sigma_min
+        s = float(sigma)  # never 0: EpsilonModel.predict evaluates sigma = 0 at sigma_min
         if math.isinf(s):
             raise ValueError(
                 "a denoiser D(xbar, sigma) cannot be evaluated at sigma = inf (xbar = x / alpha is infinite at "
