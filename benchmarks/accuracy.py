@@ -62,7 +62,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import flowode  # noqa: E402
 from flowode.analytic import GaussianMixture, gmm_random, gmm_ring  # noqa: E402
 from flowode.grids import SPACINGS  # noqa: E402
-from flowode.integrate import steps_for_nfe  # noqa: E402
+from flowode.grids import resolve_grid  # noqa: E402
 
 # float64 is set as torch's default dtype in main() only, so importing this module (the tests do)
 # leaves the process's default alone.
@@ -313,8 +313,7 @@ class Bench:
                 why = ""
                 for sp in SPACINGS:
                     try:
-                        st = steps_for_nfe(slv, nfe, lambda n, sp=sp: flowode.sigma_grid(SCHED, n, sp))
-                        grids[f"spacing:{sp}"] = flowode.sigma_grid(SCHED, st, sp)
+                        grids[f"spacing:{sp}"] = resolve_grid(SCHED, slv, nfe=nfe, spacing=sp)
                     except Exception as e:  # a spacing this solver cannot use at this budget
                         why = f"{type(e).__name__}: {e}"
                 if not grids:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .models import EpsilonModel
+from .parameterization import from_eps_x0, x0_from_eps
 from .schedules import Schedule
 
 __all__ = ["GaussianMixture", "Gaussian", "AnalyticModel", "reference_solve", "gmm_ring", "gmm_grid",
@@ -34,8 +35,9 @@ __all__ = ["GaussianMixture", "Gaussian", "AnalyticModel", "reference_solve", "g
 class AnalyticModel(EpsilonModel):
     """An :class:`EpsilonModel` whose "network" is an exact function of ``(x, sigma)``.
 
-    ``exact_eps(x, sigma) -> eps``; the raw output is converted to the requested ``prediction``
-    so the parameterisation conversions can be tested against it.
+    ``exact_eps(x, sigma) -> eps``; the raw output is converted to the requested ``prediction`` by
+    :func:`~flowode.parameterization.from_eps_x0`, so the parameterisation conversions can be
+    tested against it. Per-sample noise levels are evaluated one distinct level at a time.
     """
 
     defined_at_zero = True
@@ -53,8 +55,7 @@ class AnalyticModel(EpsilonModel):
 
     def _raw_from_eps(self, x: Tensor, sigma: float) -> Tensor:
         eps = self.exact_eps(x, sigma)
-        p = self.prediction
-        if p == "eps":
+        if self.prediction == "eps":
             return eps
         alpha = float(self.schedule.alpha_from_sigma(sigma))
         std = float(self.schedule.std_from_sigma(sigma))
@@ -63,15 +64,19 @@ class AnalyticModel(EpsilonModel):
                 raise ValueError("this analytic model has no `data_mean`, needed for x0 at sigma = inf.")
             x0 = self.data_mean.to(x).expand_as(x)
         else:
-            x0 = x / alpha - sigma * eps if sigma != 0 else x
-        if p == "x0":
-            return x0
-        if p == "v":
-            return alpha * eps - std * x0
-        return -eps / std  # score
+            x0 = x0_from_eps(x, eps, alpha, sigma)
+        return from_eps_x0(self.prediction, eps, x0, alpha, std)
 
-    def network(self, x: Tensor, sigma: float) -> Tensor:
-        return self._raw_from_eps(x, sigma)
+    def network(self, x: Tensor, sigma: Union[float, Tensor]) -> Tensor:
+        if not isinstance(sigma, Tensor):
+            return self._raw_from_eps(x, sigma)
+        out = torch.empty_like(x)
+        levels = torch.unique(sigma).tolist()
+        self.network_passes += len(levels) - 1  # one call per distinct level (the caller counted one)
+        for v in levels:
+            idx = (sigma == v).nonzero().flatten().to(x.device)
+            out[idx] = self._raw_from_eps(x[idx], float(v))
+        return out
 
 
 class GaussianMixture:

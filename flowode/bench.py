@@ -1,4 +1,4 @@
-"""Solver benchmarks: problems x solvers x NFE budgets (x grid spacings x seeds), resumable.
+"""Stepper benchmarks: problems x solvers x NFE budgets (x grid spacings x seeds), resumable.
 
 For every *cell* ``(problem, solver, options, NFE budget, spacing, seed, samples)`` the engine
 
@@ -50,11 +50,11 @@ import torch
 from torch import Tensor
 
 from .analytic import Gaussian, GaussianMixture, gmm_grid, gmm_random, gmm_ring, reference_solve
-from .grids import sigma_grid
-from .integrate import integrate, steps_for_nfe
+from .grids import resolve_grid, sigma_grid
+from .integrate import integrate
 from .models import EpsilonModel
 from .schedules import DiscreteVPSchedule
-from .solvers import SOLVERS, Solver, UnknownSolverError, get_class, make
+from .solvers import SOLVERS, Stepper, UnknownSolverError, get_class, make
 
 __all__ = [
     "Problem", "PROBLEMS", "register_problem", "get_problem", "as_problem", "BenchSpec", "Cell",
@@ -634,9 +634,7 @@ class _ReferenceCache:
         if problem.exact is not None:
             ref, kind = problem.exact(x_T, s0, s1), "closed_form"
         else:
-            nfe0 = problem.model.nfe
             ref = reference_solve(problem.model, x_T, s0, s1, rtol=problem.ref_rtol, atol=problem.ref_rtol)
-            problem.model.nfe = nfe0
             kind = "reference_solve"
         ref = ref.detach()
         if path is not None:
@@ -653,13 +651,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _grid_for(problem: Problem, slv: Solver, cell: Cell) -> Tensor:
-    sched = problem.model.schedule
-    spacing = cell.spacing or slv.default_spacing or sched.default_spacing
-    if cell.nfe is None:
-        return sigma_grid(sched, 1, spacing)
-    steps = steps_for_nfe(slv, cell.nfe, lambda n: sigma_grid(sched, n, spacing))
-    return sigma_grid(sched, steps, spacing)
+def _grid_for(problem: Problem, slv: Stepper, cell: Cell) -> Tensor:
+    # adaptive solvers choose their own steps between the ends of a one-step grid
+    steps = 1 if cell.nfe is None else None
+    return resolve_grid(problem.model.schedule, slv, steps=steps, nfe=cell.nfe, spacing=cell.spacing)
 
 
 def run_cell(problem: Problem, cell: Cell, refs: _ReferenceCache, *, device: Union[str, torch.device] = "cpu",
@@ -720,12 +715,10 @@ def run_cell(problem: Problem, cell: Cell, refs: _ReferenceCache, *, device: Uni
 def _warm_up(problem: Problem, samples: int, device: Union[str, torch.device]) -> None:
     sched = problem.model.schedule
     grid = sigma_grid(sched, 2, sched.default_spacing)
-    nfe0 = problem.model.nfe
     try:
         integrate(problem.model, problem.prior(samples, float(grid[0]), 0, device), grid, "ddim")
     except (ValueError, RuntimeError):  # the timed cell will report it
         pass
-    problem.model.nfe = nfe0
 
 
 def _stderr(msg: str) -> None:

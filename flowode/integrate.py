@@ -1,29 +1,38 @@
-"""The one driver: ``integrate(model, x, sigmas, solver=...) -> Solution``.
+"""The one driver's public face: ``integrate(model, x, sigmas, solver=...) -> Solution``.
 
-``sample``, ``encode`` and ``decode`` are thin names over it: they build a grid with
-:func:`~flowode.grids.sigma_grid` and call :func:`integrate`. Encoding uses exactly the reversed
+``sample``, ``encode`` and ``decode`` are thin names over it: they resolve a grid with
+:func:`~flowode.grids.resolve_grid` and call :func:`integrate`. Encoding uses exactly the reversed
 decode grid, so ``decode(encode(x))`` visits the same ``(sigma_i, sigma_{i+1})`` pairs in both
-directions.
+directions. The loops themselves are in :mod:`flowode.driver`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .grids import GridError, check_grid, sigma_grid
+from .driver import DEFAULT_CHECK_INTERVAL, Hooks, adaptive_loop, fixed_loop
+from .grids import check_grid, resolve_grid, split_grid_options
 from .models import EpsilonModel
-from .solvers import Context, Solver, make
-from .solvers.base import SolverError
+from .recording import Recorder, SaveAt, StepEvent
+from .solvers.base import AdaptiveStepper, Stepper
+from .solvers.boundary import check_direction
+from .solvers.registry import make
+from .solvers.run import Run
 
-__all__ = ["Solution", "integrate", "sample", "encode", "decode", "steps_for_nfe"]
+__all__ = ["Solution", "integrate", "sample", "encode", "decode", "GRAD_MODES"]
 
 GridLike = Union[Tensor, Sequence[float], np.ndarray]
+
+#: gradient modes of :func:`integrate` (``None``: no autograd graph is kept)
+GRAD_MODES = (None, "autograd")
 
 
 @dataclass
@@ -32,14 +41,15 @@ class Solution:
 
     Attributes:
         x: final state, model coordinates, same shape / dtype / device as the input.
-        nfe: exact number of model evaluations (every network call, rejected adaptive steps too).
+        nfe: exact number of model evaluations of this call (every network evaluation, rejected
+            adaptive steps too).
         sigmas: the grid actually used (float64, CPU).
         solver: the solver's registry name.
-        trajectory: ``(len(sigmas), *x.shape)`` states at every grid point when
-            ``save_trajectory=True`` (for adaptive solvers: at every accepted step), else ``None``.
+        trajectory: the states kept by ``save_at`` (``save_trajectory=True``: every grid point; for
+            adaptive solvers every point visited), ``(len, *x.shape)``, else ``None``.
         trajectory_sigmas: the sigma of each trajectory entry.
-        denoised: the x0 prediction made at the start of each step, ``(steps, *x.shape)``, or ``None``.
-        stats: solver counters, e.g. ``steps``, ``accepted``, ``rejected``, ``step_sizes``.
+        denoised: the x0 prediction made at the start of each kept step, or ``None``.
+        stats: solver counters, e.g. ``steps``, ``orders``, ``accepted``, ``rejected``, ``step_sizes``.
     """
 
     x: Tensor
@@ -68,15 +78,50 @@ def _check_state(x: Any) -> None:
         raise ValueError("`x` contains NaN or Inf.")
 
 
+def _grad_context(grad: Optional[str]) -> contextlib.AbstractContextManager[Any]:
+    if grad is None:
+        return torch.no_grad()
+    if grad == "autograd":
+        return torch.enable_grad()
+    raise ValueError(
+        f"`grad` must be one of {GRAD_MODES}, got {grad!r}: None keeps no autograd graph (the default), "
+        "'autograd' backpropagates through every step."
+    )
+
+
+@contextlib.contextmanager
+def _progress(progress: Any, total: Optional[int], name: str) -> Iterator[Any]:
+    """A tqdm bar for ``progress=True``, a caller's own bar object (``update``/``close``) as is."""
+    if progress is None or progress is False:
+        yield None
+        return
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=name, unit="step", leave=False)
+        try:
+            yield bar
+        finally:
+            bar.close()
+        return
+    if not callable(getattr(progress, "update", None)):
+        raise TypeError(f"`progress` must be a bool or a bar with an update(n) method, got {type(progress).__name__}.")
+    yield progress
+
+
 def integrate(
     model: EpsilonModel,
     x: Tensor,
     sigmas: GridLike,
-    solver: Union[str, Solver, type] = "ddim",
+    solver: Union[str, Stepper, type] = "ddim",
     *,
+    save_at: SaveAt = None,
     save_trajectory: bool = False,
     generator: Optional[torch.Generator] = None,
-    progress: bool = False,
+    progress: Any = False,
+    callback: Optional[Callable[[StepEvent], Any]] = None,
+    grad: Optional[str] = None,
+    check_interval: int = DEFAULT_CHECK_INTERVAL,
     **options: Any,
 ) -> Solution:
     """Integrate the probability-flow ODE (or a stochastic sampler) of ``model`` along ``sigmas``.
@@ -86,10 +131,21 @@ def integrate(
         x: state at ``sigmas[0]`` in the model's coordinates (``x``, not ``xbar``), batch first.
         sigmas: 1-D grid of noise levels, strictly decreasing (sample / decode) or increasing
             (encode); may end (or start) at 0. Validated by :func:`~flowode.grids.check_grid`.
-        solver: a registered name (``flowode.solvers.available()``), a Solver class or instance.
-        save_trajectory: keep the state at every grid point and the x0 prediction of every step.
+            For adaptive solvers its ends bound the integration and its inner levels are outputs.
+        solver: a registered name (``flowode.solvers.available()``), a stepper class or instance.
+        save_at: which states to keep (:mod:`flowode.recording`): ``None`` (default), ``"steps"``
+            or a sequence of noise levels.
+        save_trajectory: the same as ``save_at="steps"``.
         generator: ``torch.Generator`` used for every random draw (stochastic solvers).
-        progress: show a tqdm progress bar over the steps.
+        progress: ``True`` for a tqdm bar (one update per accepted step), or a bar object.
+        callback: called with a :class:`~flowode.recording.StepEvent` after every accepted step.
+        grad: ``None`` (default): nothing is differentiable and no autograd graph is kept, even for
+            networks whose parameters require grad; ``"autograd"``: backpropagate through the steps.
+        check_interval: steps between NaN / Inf checks of the state (fixed-step solvers; the last
+            step is always checked, and a failed check replays the solve with every network output
+            checked to name the exact step). ``1`` checks every network output as it comes (exact
+            also for a network that is not deterministic). ``EpsilonModel(check_finite=False)``
+            turns the checks off.
         **options: the solver's options (e.g. ``eta=0.5``, ``coordinates="lambda"``, ``rtol=1e-5``).
 
     Returns:
@@ -97,7 +153,8 @@ def integrate(
 
     Raises:
         GridError: bad grid; UnknownSolverError: unknown solver name; TypeError: unknown option;
-        NetworkOutputError: NaN/Inf or wrong shape from the network (names the step and sigma).
+        SolverError: a solver that cannot run on this grid; NetworkOutputError: NaN/Inf or a wrong
+        shape from the network (names the step and sigma); MaxNFEError: an adaptive budget ran out.
     """
     if not isinstance(model, EpsilonModel):
         raise TypeError(
@@ -105,102 +162,57 @@ def integrate(
             "with flowode.EpsilonModel(fn, schedule)."
         )
     _check_state(x)
+    if isinstance(check_interval, bool) or not isinstance(check_interval, int) or check_interval < 1:
+        raise ValueError(f"`check_interval` must be a positive integer (steps between checks), got {check_interval!r}.")
     grid = check_grid(sigmas, model.schedule)
-    slv = make(solver, **options)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(grid) - 1, desc=slv.name, unit="step", leave=False)
-    ctx = Context(model=model, sigmas=grid, generator=generator, save_trajectory=save_trajectory, progress=bar)
-    slv.check(ctx)
-    nfe0 = model.nfe
-    try:
-        out = slv.solve(ctx, x)
-    finally:
-        model.step_hint = None
-        if bar is not None:
-            bar.close()
-    stats = {"steps": len(grid) - 1}
-    stats.update(ctx.stats)
-    sol = Solution(x=out, nfe=model.nfe - nfe0, sigmas=grid, solver=slv.name, stats=stats)
-    if save_trajectory and ctx.states:
-        sol.trajectory = torch.stack(ctx.states)
-        sol.trajectory_sigmas = torch.tensor(ctx.state_sigmas, dtype=torch.float64)
-        if ctx.denoised:
-            sol.denoised = torch.stack(ctx.denoised)
-    return sol
+    stepper = make(solver, **options)
+    levels = [float(v) for v in grid.tolist()]
+    run = Run(model, levels, generator=generator, check_calls=check_interval == 1)
+    stepper.check(run)
+    check_direction(levels, stepper.name)
+    recorder = Recorder("steps" if save_trajectory and save_at is None else save_at)
+    if not stepper.adaptive:
+        recorder.check_levels(levels)
+    with _grad_context(grad), _progress(progress, None if stepper.adaptive else len(levels) - 1, stepper.name) as bar:
+        hooks = Hooks(recorder, bar, callback)
+        if isinstance(stepper, AdaptiveStepper):
+            out, stats = adaptive_loop(run, stepper, x, hooks)
+        else:
+            out, stats = fixed_loop(run, stepper, x, hooks, check_interval)
+    trajectory, traj_sigmas, denoised = recorder.result()
+    return Solution(x=out, nfe=run.nfe, sigmas=grid, solver=stepper.name, trajectory=trajectory,
+                    trajectory_sigmas=traj_sigmas, denoised=denoised, stats={"steps": len(levels) - 1, **stats})
 
 
-def steps_for_nfe(solver: Solver, nfe: int, grid_for_steps: Any) -> int:
-    """The largest step count whose grid costs at most ``nfe`` evaluations with ``solver``.
-
-    ``grid_for_steps(steps)`` returns the grid for a step count; the solver's :meth:`Solver.nfe`
-    counts it exactly (boundary steps, warm-up of multistep methods included).
-    """
-    if solver.adaptive:
-        raise SolverError(f"`nfe` budgets apply to fixed-step solvers; {solver.name!r} is adaptive (use `max_nfe`).")
-    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
-        raise ValueError(f"`nfe` must be a positive integer, got {nfe!r}.")
-    best = 0
-    first_error: Optional[GridError] = None
-    for steps in range(1, int(nfe) + 1):
-        try:
-            grid = grid_for_steps(steps)
-        except GridError as exc:
-            # more steps than the spacing allows (e.g. > num_timesteps, or repeated timesteps): larger
-            # counts fail too, so the best feasible count found so far is the answer. Before any
-            # feasible count (e.g. linspace + final="min" at steps=1), try the next one.
-            if best > 0:
-                break
-            first_error = first_error or exc
-            continue
-        if solver.nfe([float(v) for v in grid.tolist()]) <= nfe:
-            best = steps
-    if best == 0 and first_error is not None:
-        raise first_error
-    if best == 0:
-        cost = solver.nfe([float(v) for v in grid_for_steps(1).tolist()])
-        raise ValueError(
-            f"`nfe`={nfe} is too small for solver {solver.name!r}: even one step costs {cost} evaluations."
-        )
-    return best
+#: the keyword-only options of :func:`integrate` (everything else goes to the solver or the grid)
+RUN_KEYWORDS: tuple[str, ...] = tuple(
+    name for name, p in inspect.signature(integrate).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
 
 
-def _grid(model: EpsilonModel, steps: Optional[int], nfe: Optional[int], slv: Solver, spacing: Optional[str],
-          grid_kwargs: dict[str, Any]) -> Tensor:
-    spacing = spacing or slv.default_spacing or model.schedule.default_spacing
-    if (steps is None) == (nfe is None):
-        raise ValueError("give exactly one of `steps` and `nfe`.")
-    if nfe is not None:
-        steps = steps_for_nfe(slv, nfe, lambda n: sigma_grid(model.schedule, n, spacing, **grid_kwargs))
-    return sigma_grid(model.schedule, int(steps), spacing, **grid_kwargs)  # type: ignore[arg-type]
-
-
-_GRID_KEYS = ("final", "sigma_min", "sigma_max", "rho", "offset")
-
-
-def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    grid_kwargs = {k: options.pop(k) for k in list(options) if k in _GRID_KEYS}
-    return grid_kwargs, options
+def _route(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(grid keywords, integrate keywords, solver options)``."""
+    grid, rest = split_grid_options(options)
+    run = {k: v for k, v in rest.items() if k in RUN_KEYWORDS}
+    return grid, run, {k: v for k, v in rest.items() if k not in RUN_KEYWORDS}
 
 
 def sample(
     model: EpsilonModel, x_T: Tensor, steps: Optional[int] = None, *, nfe: Optional[int] = None,
-    solver: Union[str, Solver] = "ddim", spacing: Optional[str] = None, **options: Any,
+    solver: Union[str, Stepper] = "ddim", spacing: Optional[str] = None, **options: Any,
 ) -> Solution:
-    """Sample from noise: integrate from ``sigma_max`` to 0 on a :func:`sigma_grid`.
+    """Sample from noise: integrate from ``sigma_max`` to 0 on a :func:`~flowode.sigma_grid`.
 
     Give ``steps`` or an evaluation budget ``nfe`` (the largest step count with ``sol.nfe <= nfe``).
-    Grid keywords (``final``, ``sigma_min``, ``sigma_max``, ``rho``, ``offset``) go to
-    :func:`sigma_grid`; everything else to :func:`integrate` and the solver.
+    Grid keywords (:data:`~flowode.grids.GRID_KEYWORDS`: ``final``, ``sigma_min``, ``sigma_max``,
+    ``rho``, ``offset``) go to the grid, :func:`integrate`'s keywords to it, the rest to the solver.
     """
-    grid_kwargs, options = _split(dict(options))
-    run_keys = ("save_trajectory", "generator", "progress")
-    run = {k: options.pop(k) for k in list(options) if k in run_keys}
-    slv = make(solver, **options)
-    grid = _grid(model, steps, nfe, slv, spacing, grid_kwargs)
-    return integrate(model, x_T, grid, slv, **run)
+    grid_kwargs, run, opts = _route(dict(options))
+    stepper = make(solver, **opts)
+    if (steps is None) == (nfe is None):
+        raise ValueError("give exactly one of `steps` and `nfe`.")
+    grid = resolve_grid(model.schedule, stepper, steps=steps, nfe=nfe, spacing=spacing, **grid_kwargs)
+    return integrate(model, x_T, grid, stepper, **run)
 
 
 def decode(model: EpsilonModel, z: Tensor, steps: Optional[int] = None, **kwargs: Any) -> Solution:
@@ -209,16 +221,12 @@ def decode(model: EpsilonModel, z: Tensor, steps: Optional[int] = None, **kwargs
 
 
 def encode(model: EpsilonModel, x0: Tensor, steps: Optional[int] = None, *, nfe: Optional[int] = None,
-           solver: Union[str, Solver] = "ddim", spacing: Optional[str] = None, **options: Any) -> Solution:
+           solver: Union[str, Stepper] = "ddim", spacing: Optional[str] = None, **options: Any) -> Solution:
     """Encode data to a latent: integrate on the reversed decode grid, from 0 up to ``sigma_max``."""
-    grid_kwargs, options = _split(dict(options))
-    run_keys = ("save_trajectory", "generator", "progress")
-    run = {k: options.pop(k) for k in list(options) if k in run_keys}
-    slv = make(solver, **options)
-    grid = _grid(model, steps, nfe, slv, spacing, grid_kwargs)
-    if math.isinf(float(grid[0])):
-        raise SolverError(
-            "cannot encode to sigma = inf (zero terminal SNR); stop below it with a finite `sigma_max=` and a "
-            "continuous spacing (e.g. spacing='logsnr' or 'uniform_t'), or integrate on a grid of your own."
-        )
-    return integrate(model, x0, torch.flip(grid, [0]), slv, **run)
+    grid_kwargs, run, opts = _route(dict(options))
+    stepper = make(solver, **opts)
+    if (steps is None) == (nfe is None):
+        raise ValueError("give exactly one of `steps` and `nfe`.")
+    grid = resolve_grid(model.schedule, stepper, steps=steps, nfe=nfe, spacing=spacing, direction="encode",
+                        **grid_kwargs)
+    return integrate(model, x0, grid, stepper, **run)

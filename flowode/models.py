@@ -1,32 +1,29 @@
 """Models: a network plus its schedule, seen as an epsilon / x0 predictor at a noise level ``sigma``.
 
-A network may predict ``eps``, ``x0``, ``v`` or the score. Given the state ``x`` and ``sigma``
-(``alpha = alpha(sigma)``, ``std = alpha * sigma``) they convert exactly into each other:
+A network may predict ``eps``, ``x0``, ``v`` or the score; :mod:`flowode.parameterization` holds
+the one table that converts them into each other. Solvers never see the raw output: they ask
+:meth:`EpsilonModel.predict` for a :class:`Prediction` ``(eps, x0)``.
 
-    x0  = (x - std * eps) / alpha              eps = (x - alpha * x0) / std
-    v   = alpha * eps - std * x0               (Salimans & Ho 2022, sec. 4; VP only)
-    eps = alpha * v + std * x                  x0  = alpha * x - std * v
-    score = -eps / std                         (Song et al. 2021, score-SDE)
-
-Solvers never see the raw output: they ask :meth:`EpsilonModel.predict` for ``(eps, x0)``.
-Every call of the network increments :attr:`EpsilonModel.nfe`.
+A model is stateless for the solvers: :func:`flowode.integrate` counts its own evaluations and
+names the step of a failing one. ``EpsilonModel.nfe`` is only a lifetime total of this object's
+evaluations, for a user's own bookkeeping; flowode never reads or resets it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
+from .parameterization import PREDICTIONS, from_eps_x0, per_sample, to_eps, to_x0, x0_from_eps
 from .schedules import Schedule
 
 __all__ = ["EpsilonModel", "Prediction", "NetworkOutputError", "PREDICTIONS"]
 
-PREDICTIONS = ("eps", "x0", "v", "score")
-
 NetworkFn = Callable[[Tensor, Tensor], Tensor]
+Level = Union[float, Tensor]
 
 
 class NetworkOutputError(RuntimeError):
@@ -41,7 +38,7 @@ class Prediction:
     __slots__ = ("eps", "_x0", "_x", "_alpha", "_sigma")
 
     def __init__(self, eps: Tensor, x0: Optional[Tensor] = None, *, x: Optional[Tensor] = None,
-                 alpha: float = 1.0, sigma: float = 0.0) -> None:
+                 alpha: Level = 1.0, sigma: Level = 0.0) -> None:
         self.eps = eps
         self._x0 = x0
         self._x, self._alpha, self._sigma = x, alpha, sigma
@@ -50,10 +47,7 @@ class Prediction:
     def x0(self) -> Tensor:
         if self._x0 is None:
             assert self._x is not None
-            if self._sigma == 0.0:
-                self._x0 = self._x
-            else:
-                self._x0 = torch.add(self._x / self._alpha, self.eps, alpha=-self._sigma)
+            self._x0 = x0_from_eps(self._x, self.eps, self._alpha, self._sigma)
             self._x = None
         return self._x0
 
@@ -76,12 +70,18 @@ class EpsilonModel:
             predictions come from two calls; with ``batched_cfg=(cond, uncond)`` they come from one
             call ``fn(cat[x, x], cat[t, t], cat[cond, uncond])``. Guidance combines the outputs in
             eps space after conversion, so it works for every parameterisation.
-        check_finite: raise :class:`NetworkOutputError` on NaN / Inf output (one reduction per call).
+        check_finite: let :func:`flowode.integrate` check for NaN / Inf (default True; it names the
+            step and sigma of the first bad network output). ``predict`` called directly checks
+            every output.
 
     Attributes:
-        nfe: number of model evaluations so far (a guided evaluation counts once; see
-            :attr:`network_passes` for the number of network calls times batch copies).
+        nfe: lifetime number of evaluations of this object (a guided evaluation counts once; see
+            :attr:`network_passes` for network calls times batch copies). ``Solution.nfe`` is the
+            count of one solve.
     """
+
+    #: whether the model can be evaluated at sigma = 0 itself (exact analytic models can)
+    defined_at_zero: bool = False
 
     def __init__(
         self,
@@ -105,8 +105,6 @@ class EpsilonModel:
             )
         if prediction not in PREDICTIONS:
             raise ValueError(f"`prediction` must be one of {PREDICTIONS}, got {prediction!r}.")
-        if prediction == "v" and schedule.family != "vp":
-            raise ValueError("`prediction='v'` is defined for VP schedules only.")
         if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
             raise ValueError(f"`dynamic_threshold` is a percentile in (0, 1), got {dynamic_threshold}.")
         if (uncond_fn is not None or batched_cfg is not None) and guidance_scale is None:
@@ -126,20 +124,17 @@ class EpsilonModel:
         self.check_finite = check_finite
         self.nfe = 0
         self.network_passes = 0
-        self.step_hint: Optional[int] = None  # set by the driver so errors can name the step
         self._coef_cache: dict[float, tuple[float, float]] = {}
         self._t_cache: dict[float, float] = {}
+        self._t_tensors: dict[tuple[Any, ...], tuple[Tensor, int]] = {}
         self._coef_owner: Optional[Schedule] = None
 
-    # ----------------------------------------------------------------------------- counting
-    #: whether the model can be evaluated at sigma = 0 itself (exact analytic models can)
-    defined_at_zero: bool = False
-
     def reset_nfe(self) -> None:
+        """Zero the lifetime counters (a convenience for users; flowode never calls it)."""
         self.nfe = 0
         self.network_passes = 0
 
-    # ----------------------------------------------------------------------------- network
+    # ----------------------------------------------------------------------------- coefficients
     def coefficients(self, sigma: float) -> tuple[float, float]:
         """``(alpha, std)`` at the noise level ``sigma``, memoised per ``sigma`` (a sampling loop asks
         for the same few levels at every step and every run, and the schedule's tensor maths costs
@@ -148,6 +143,7 @@ class EpsilonModel:
         if self._coef_owner is not self.schedule or len(cache) > 65536:  # schedule swapped / unbounded grids
             cache.clear()
             self._t_cache.clear()
+            self._t_tensors.clear()
             self._coef_owner = self.schedule
         hit = cache.get(sigma)
         if hit is None:
@@ -168,15 +164,28 @@ class EpsilonModel:
             self._t_cache[sigma] = t
         return t
 
-    def _timesteps(self, x: Tensor, sigma: float) -> Tensor:
-        return torch.full((x.shape[0],), self.timestep(sigma), dtype=x.dtype, device=x.device)
+    def _timesteps(self, x: Tensor, sigma: Level) -> Tensor:
+        """The network's ``t`` argument: one native timestep per sample. The tensor for a shared
+        level is reused across calls (a sampling loop asks for the same few levels every run) unless
+        the network modified it in place (its version counter moved) or the cache is full."""
+        if isinstance(sigma, Tensor):
+            return torch.as_tensor(self.schedule.t(sigma.detach().to("cpu", torch.float64))).to(x)
+        key = (sigma, x.shape[0], x.dtype, x.device)
+        hit = self._t_tensors.get(key)
+        if hit is not None and hit[0]._version == hit[1]:
+            return hit[0]
+        t = torch.full((x.shape[0],), self.timestep(sigma), dtype=x.dtype, device=x.device)
+        if len(self._t_tensors) < 4096:
+            self._t_tensors[key] = (t, t._version)
+        return t
 
-    def network(self, x: Tensor, sigma: float) -> Tensor:
-        """Raw network output at noise level ``sigma`` (one NFE). Subclasses may override."""
-        t = self._timesteps(x, sigma)
-        return self.fn(x, t)
+    # ----------------------------------------------------------------------------- network
+    def network(self, x: Tensor, sigma: Level) -> Tensor:
+        """Raw network output at noise level ``sigma`` (a float shared by the batch, or a ``(B,)``
+        tensor of per-sample levels). Subclasses may override."""
+        return self.fn(x, self._timesteps(x, sigma))
 
-    def _raw(self, x: Tensor, sigma: float) -> list[Tensor]:
+    def _raw(self, x: Tensor, sigma: Level) -> list[Tensor]:
         """Outputs to be converted to eps; two for guidance, else one."""
         if self.uncond_fn is not None:
             t = self._timesteps(x, sigma)
@@ -191,80 +200,98 @@ class EpsilonModel:
         self.network_passes += 1
         return [self.network(x, sigma)]
 
-    def _where(self, sigma: float) -> str:
-        return f"at sigma={sigma:.6g}" + ("" if self.step_hint is None else f" (step {self.step_hint})")
-
-    def _check(self, out: Tensor, x: Tensor, sigma: float) -> None:
+    def _check(self, out: Tensor, x: Tensor, sigma: Union[float, str], step: Optional[int],
+               check_finite: bool) -> None:
         if not isinstance(out, Tensor) or out.shape != x.shape:
-            where = self._where(sigma)
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise NetworkOutputError(
-                f"the network returned shape {shape} {where}, expected {tuple(x.shape)} "
+                f"the network returned shape {shape} at {_where(sigma, step)}, expected {tuple(x.shape)} "
                 "(the shape of the state x). Check the network's output channels."
             )
         # one reduction first (NaN / Inf propagate through a sum); the exact element-wise test only
         # when the sum is not finite (a bad entry, or a sum that overflowed)
-        if self.check_finite and not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
+        if check_finite and not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
             bad = (~torch.isfinite(out)).flatten(1).any(1).nonzero().flatten().tolist()
-            where = self._where(sigma)
             raise NetworkOutputError(
-                f"the network returned NaN/Inf {where} for samples {bad[:10]}"
+                f"the network returned NaN/Inf at {_where(sigma, step)} for samples {bad[:10]}"
                 f"{' ...' if len(bad) > 10 else ''}. Lower the step size, check the inputs, or "
                 "run the network in float32."
             )
 
-    # ----------------------------------------------------------------------------- conversions
-    def _to_eps(self, out: Tensor, x: Tensor, sigma: float) -> Tensor:
-        sched = self.schedule
-        if self.prediction == "eps":
-            return out
-        alpha = float(sched.alpha_from_sigma(sigma))
-        std = float(sched.std_from_sigma(sigma))
-        if self.prediction == "x0":
-            if std == 0.0:
-                raise ValueError("an x0-prediction network cannot give eps at sigma = 0.")
-            return (x - alpha * out) / std
-        if self.prediction == "v":
-            return alpha * out + std * x
-        return -std * out  # score
+    # ----------------------------------------------------------------------------- predict
+    def predict(self, x: Tensor, sigma: Union[float, Tensor], *, check: bool = True,
+                step: Optional[int] = None) -> Prediction:
+        """One model evaluation: ``(eps, x0)`` at ``(x, sigma)``.
 
-    def _convert(self, out: Tensor, x: Tensor, sigma: float, alpha: float, std: float) -> Prediction:
-        """Raw output -> (eps, x0) by the exact identities in the module docstring."""
-        p = self.prediction
-        if p == "eps" or p == "score":
-            eps = out if p == "eps" else -std * out
-            if alpha == 0.0:
-                raise ValueError(
-                    f"an {p}-prediction model cannot give x0 at zero terminal SNR (sigma = inf): "
-                    "x0 = (x - std * eps) / alpha divides by zero. Start the grid below sigma = inf, "
-                    "or use a v- or x0-prediction network (Lin et al. 2024, sec. 3)."
-                )
-            return Prediction(eps, x=x, alpha=alpha, sigma=sigma)
-        if p == "x0":
-            eps = (x - alpha * out) / std if std != 0.0 else torch.zeros_like(out)
-            return Prediction(eps, out)
-        # v-prediction
-        return Prediction(torch.add(alpha * out, x, alpha=std), torch.add(alpha * x, out, alpha=-std))
-
-    def predict(self, x: Tensor, sigma: Union[float, Tensor]) -> Prediction:
-        """One model evaluation: ``(eps, x0)`` at ``(x, sigma)``; increments :attr:`nfe`.
-
-        ``sigma`` is a Python float (or a 0-d tensor) shared by the whole batch.
+        ``sigma`` is a Python float (or a 0-d tensor) shared by the whole batch, or a ``(B,)``
+        tensor of per-sample levels (adaptive solvers with per-sample steps; one evaluation).
+        ``check=False`` skips the NaN / Inf test of the output (the driver checks the state
+        instead); the shape is always checked. ``step`` only names the solver step in error messages.
         """
+        if isinstance(sigma, Tensor) and sigma.dim() == 1:
+            return self._predict_per_sample(x, sigma, check, step)
         sigma = float(sigma)
         if sigma == 0.0 and not self.defined_at_zero:
             # The network is not trained at sigma = 0 (the first step of an encode): evaluate it at the
             # smallest trained level and convert with that level's coefficients, as diffusers'
             # DDIMInverseScheduler does; the clean state is its own x0. For an eps network this is just
             # eps(x, t_min); for x0 / v networks it keeps eps informative instead of 0/0.
-            pred = self.predict(x, self.schedule.sigma_min)
+            pred = self.predict(x, self.schedule.sigma_min, check=check, step=step)
             return Prediction(pred.eps, x)
-        alpha, std = self.coefficients(sigma)
+        hit = self._coef_cache.get(sigma) if self._coef_owner is self.schedule else None
+        alpha, std = hit if hit is not None else self.coefficients(sigma)
+        if self.uncond_fn is None and self.batched_cfg is None:  # one network call (the fast path)
+            self.network_passes += 1
+            out = self.network(x, sigma)
+            if check or not isinstance(out, Tensor) or out.shape != x.shape:
+                self._check(out, x, sigma, step, check and self.check_finite)
+            self.nfe += 1
+            if (self.prediction == "eps" and alpha != 0.0 and self.clip_x0 is None
+                    and self.dynamic_threshold is None):
+                return Prediction(out, x=x, alpha=alpha, sigma=sigma)
+            return self._finish([self._convert(out, x, sigma, alpha, std)], x, alpha, std)
         outs = self._raw(x, sigma)
         for out in outs:
-            self._check(out, x, sigma)
+            self._check(out, x, sigma, step, check and self.check_finite)
         self.nfe += 1
         preds = [self._convert(o, x, sigma, alpha, std) for o in outs]
+        return self._finish(preds, x, alpha, std)
+
+    def _predict_per_sample(self, x: Tensor, sigma: Tensor, check: bool, step: Optional[int]) -> Prediction:
+        sig = sigma.detach().to("cpu", torch.float64)
+        if sig.shape != (x.shape[0],):
+            raise ValueError(f"per-sample `sigma` must have shape ({x.shape[0]},), got {tuple(sig.shape)}.")
+        if bool((sig == 0).any()):
+            raise ValueError("per-sample evaluation at sigma = 0 is not supported; evaluate those samples apart.")
+        if bool((sig == sig[0]).all()):
+            return self.predict(x, float(sig[0]), check=check, step=step)
+        alpha = per_sample(torch.as_tensor(self.schedule.alpha_from_sigma(sig)), x)
+        std = per_sample(torch.as_tensor(self.schedule.std_from_sigma(sig)), x)
+        outs = self._raw(x, sig)
+        for out in outs:
+            where = f"per-sample sigma in [{float(sig.min()):.6g}, {float(sig.max()):.6g}]"
+            self._check(out, x, where, step, check and self.check_finite)
+        self.nfe += 1
+        preds = [self._convert(o, x, per_sample(sig, x), alpha, std) for o in outs]
+        return self._finish(preds, x, alpha, std)
+
+    def _convert(self, out: Tensor, x: Tensor, sigma: Level, alpha: Level, std: Level) -> Prediction:
+        """Raw output -> (eps, x0) by :mod:`flowode.parameterization`."""
+        p = self.prediction
+        eps = to_eps(p, out, x, alpha, std)
+        x0 = to_x0(p, out, x, alpha, std)
+        if x0 is not None:
+            return Prediction(eps, x0)
+        if isinstance(alpha, float) and alpha == 0.0:
+            raise ValueError(
+                f"an {p}-prediction model cannot give x0 at zero terminal SNR (sigma = inf): "
+                "x0 = (x - std * eps) / alpha divides by zero. Start the grid below sigma = inf, "
+                "or use a v- or x0-prediction network (Lin et al. 2024, sec. 3)."
+            )
+        return Prediction(eps, x=x, alpha=alpha, sigma=sigma)
+
+    def _finish(self, preds: list[Prediction], x: Tensor, alpha: Level, std: Level) -> Prediction:
+        """Guidance (two predictions combined in eps and x0) and x0 thresholding."""
         if len(preds) == 2:
             w = float(self.guidance_scale)  # type: ignore[arg-type]
             c, u = preds
@@ -273,7 +300,8 @@ class EpsilonModel:
             pred = preds[0]
         if self.clip_x0 is not None or self.dynamic_threshold is not None:
             x0 = self._threshold(pred.x0)
-            eps = (x - alpha * x0) / std if std != 0.0 else pred.eps
+            zero_std = isinstance(std, float) and std == 0.0
+            eps = pred.eps if zero_std else (x - alpha * x0) / std
             pred = Prediction(eps, x0)
         return pred
 
@@ -291,17 +319,18 @@ class EpsilonModel:
 
     # ----------------------------------------------------------------------------- conveniences
     def eps(self, x: Tensor, sigma: Union[float, Tensor]) -> Tensor:
-        """Epsilon prediction at ``(x, sigma)`` (one NFE)."""
+        """Epsilon prediction at ``(x, sigma)`` (one evaluation)."""
         return self.predict(x, sigma).eps
 
     def x0(self, x: Tensor, sigma: Union[float, Tensor]) -> Tensor:
-        """Denoised prediction at ``(x, sigma)`` (one NFE)."""
+        """Denoised prediction at ``(x, sigma)`` (one evaluation)."""
         return self.predict(x, sigma).x0
 
     def score(self, x: Tensor, sigma: Union[float, Tensor]) -> Tensor:
-        """Score ``grad_x log p_sigma(x) = -eps / std`` (one NFE)."""
+        """Score ``grad_x log p_sigma(x) = -eps / std`` (one evaluation)."""
         std = float(self.schedule.std_from_sigma(float(sigma)))
-        return -self.predict(x, sigma).eps / std
+        pred = self.predict(x, sigma)
+        return from_eps_x0("score", pred.eps, pred.x0, 1.0, std)
 
     def prior_sample(self, shape: tuple[int, ...], sigma: Optional[float] = None, *,
                      generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
@@ -316,3 +345,9 @@ class EpsilonModel:
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"EpsilonModel(prediction={self.prediction!r}, schedule={self.schedule!r}, nfe={self.nfe})"
+
+
+def _where(sigma: Union[float, str], step: Optional[int]) -> str:
+    """``sigma=0.5 (step 3)``: where an evaluation failed (formatted only on failure)."""
+    level = sigma if isinstance(sigma, str) else f"sigma={sigma:.6g}"
+    return level + ("" if step is None else f" (step {step})")

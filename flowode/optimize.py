@@ -46,11 +46,10 @@ import torch
 from torch import Tensor
 
 from .analytic import reference_solve
-from .grids import GridError, check_grid, sigma_grid
-from .integrate import integrate, steps_for_nfe
+from .grids import GridError, check_grid, resolve_grid, sigma_grid
+from .integrate import integrate
 from .models import EpsilonModel
-from .solvers import Solver, make
-from .solvers.base import SolverError
+from .solvers import SolverError, Stepper, make
 
 __all__ = ["optimize_grid", "GridOptimization", "save_grid", "load_grid", "grid_error", "INIT_SPACINGS"]
 
@@ -98,7 +97,7 @@ class GridOptimization:
         return d
 
 
-def grid_error(model: EpsilonModel, x: Tensor, sigmas: Union[Tensor, Sequence[float]], solver: Union[str, Solver],
+def grid_error(model: EpsilonModel, x: Tensor, sigmas: Union[Tensor, Sequence[float]], solver: Union[str, Stepper],
                reference: Tensor, **solver_options: Any) -> float:
     """RMSE over every entry of ``integrate(model, x, sigmas, solver).x - reference``."""
     out = integrate(model, x, sigmas, solver, **solver_options).x
@@ -168,7 +167,7 @@ def optimize_grid(
     model: EpsilonModel,
     x_calibration: Tensor,
     nfe: int = 10,
-    solver: Union[str, Solver] = "dpm_solver++_2m",
+    solver: Union[str, Stepper] = "dpm_solver++_2m",
     *,
     spacing_init: Optional[Union[str, Sequence[str]]] = None,
     method: str = "powell",
@@ -190,7 +189,7 @@ def optimize_grid(
         x_calibration: start states at ``sigma_max`` (model coordinates, e.g. ``torch.randn``),
             batch first; a few hundred 2-D points or a few dozen images are enough.
         nfe: evaluation budget; the grid's cost ``solver.nfe(grid)`` is ``<= nfe``.
-        solver: a registered name (``flowode.solvers.available()``) or a Solver; fixed-step and
+        solver: a registered name (``flowode.solvers.available()``) or a Stepper; fixed-step and
             deterministic (adaptive and stochastic solvers are rejected).
         spacing_init: a built-in spacing (or several) to start from; default: each of
             :data:`INIT_SPACINGS` the schedule supports that starts at ``sigma_max``, keeping the one
@@ -256,7 +255,7 @@ def optimize_grid(
         return g
 
     # the step count of the budget (the same for every spacing that ends at 0 from a finite sigma_max)
-    steps = steps_for_nfe(slv, nfe, lambda n: sigma_grid(sched, n, "logsnr", sigma_min=smin, sigma_max=smax))
+    steps = len(resolve_grid(sched, slv, nfe=nfe, spacing="logsnr", sigma_min=smin, sigma_max=smax)) - 1
 
     n_evals = 0
 

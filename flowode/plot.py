@@ -209,8 +209,8 @@ def plot_trajectories(problem: Any, solvers: Sequence[Any], path: PathLike, *, n
     """
     from .analytic import reference_solve
     from .bench import get_problem, parse_solver_spec
-    from .grids import sigma_grid
-    from .integrate import integrate, steps_for_nfe
+    from .grids import resolve_grid
+    from .integrate import integrate
     from .solvers import make
 
     prob = get_problem(problem) if isinstance(problem, str) else problem
@@ -226,9 +226,9 @@ def plot_trajectories(problem: Any, solvers: Sequence[Any], path: PathLike, *, n
     ref_cache: dict[tuple[float, float], Tensor] = {}
     for i, (ax, (name, opts)) in enumerate(zip(axes[0], specs)):
         slv = make(name, **opts)
-        sp = spacing or slv.default_spacing or sched.default_spacing
-        steps = 1 if slv.adaptive else steps_for_nfe(slv, nfe, lambda n, sp=sp: sigma_grid(sched, n, sp))
-        grid = sigma_grid(sched, steps, sp)  # adaptive solvers choose their own steps between the ends
+        # adaptive solvers choose their own steps between the ends of a one-step grid
+        grid = resolve_grid(sched, slv, steps=1 if slv.adaptive else None, nfe=None if slv.adaptive else nfe,
+                            spacing=spacing)
         x_T = prob.prior(samples, float(grid[0]), seed)
         sol = integrate(prob.model, x_T, grid, slv, save_trajectory=True,
                         generator=torch.Generator().manual_seed(seed + 1))

@@ -17,7 +17,7 @@ import torch
 
 import flowode
 from flowode.analytic import Gaussian, gmm_ring, reference_solve
-from flowode.solvers.adaptive import MaxNFEError
+from flowode.solvers import MaxNFEError
 
 F64 = torch.float64
 GAUSS = Gaussian([0.5, -1.0, 2.0], [0.5, 1.0, 2.0])

@@ -26,10 +26,9 @@ from flowode.invert import (
     fit_order,
     fixed_point_encode,
     latent_stats,
-    multistep_decode,
     roundtrip,
 )
-from flowode.invert._common import ddim_coefficients
+from flowode.solvers.ddim import ddim_coefficients
 from flowode.invert.coupled import BdiaLatent
 from flowode.solvers import SolverError
 
@@ -172,7 +171,8 @@ def _edict_decode_eq10_12(model, x, y, sigmas, p=0.93):
     """EDICT decode written literally as Wallace et al. (2023) eq. 10-12 in x coordinates."""
     s = [float(v) for v in sigmas.tolist()]
     for i in range(len(s) - 1):
-        a, b = ddim_coefficients(model, s[i], s[i + 1])
+        a, b = ddim_coefficients(float(SCHED.alpha_from_sigma(s[i])), float(SCHED.alpha_from_sigma(s[i + 1])), s[i],
+                                 s[i + 1])
         x_in = a * x + b * model.predict(y, s[i]).eps
         y_in = a * y + b * model.predict(x_in, s[i]).eps
         x = p * x_in + (1 - p) * y_in
@@ -211,20 +211,33 @@ def test_fixed_point_other_one_step_solvers(ring):
 
 def test_fixed_point_multistep_dpmpp2m(ring):
     """DPM-Solver++(2M) inversion (Hong et al. 2024 history estimate + Anderson-accelerated sweeps);
-    the decode is flowode.invert.multistep_decode (and the registered solver, when it exists)."""
+    the decode is the registered solver itself (the inverted map is its own step)."""
     model = ring.model(SCHED)
     x0 = _batch(ring, torch.float64, 8)
     g = flowode.sigma_grid(SCHED, 10, "logsnr")
     res = fixed_point_encode(model, x0, g, "dpm_solver++_2m", on_fail="ignore")
-    back = multistep_decode(model, res.latent, g, "dpm_solver++_2m")
+    back = flowode.integrate(model, res.latent, g, "dpm_solver++_2m").x
     rel = (back - x0).abs().flatten(1).amax(1) / x0.abs().flatten(1).amax(1)
     assert float(res.residual.max()) < 1e-12 and float(rel.max()) < 1e-10
-    naive = multistep_decode(model, fixed_point_encode(model, x0, g, "dpm_solver++_2m", max_sweeps=1,
-                                                       on_fail="ignore").latent, g, "dpm_solver++_2m")
+    naive = flowode.integrate(model, fixed_point_encode(model, x0, g, "dpm_solver++_2m", max_sweeps=1,
+                                                        on_fail="ignore").latent, g, "dpm_solver++_2m").x
     assert float((naive - x0).abs().max()) > 1e3 * float((back - x0).abs().max())  # the sweeps matter
-    if "dpm_solver++_2m" in flowode.solvers.available():  # the registered solver must be the same map
-        ref = flowode.integrate(model, res.latent, g, "dpm_solver++_2m").x
-        assert torch.allclose(ref, back, atol=1e-10)
+
+
+@pytest.mark.parametrize("solver,opts", [("unipc", {"corrector": False}), ("ipndm", {"order": 1}),
+                                         ("deis", {"order": 1})])
+def test_fixed_point_other_registered_multistep_solvers(ring, solver, opts):
+    """The inverted map is the stepper's own step with the decode's solver state, so registered
+    multistep solvers other than DPM-Solver++(2M) invert with the same code, and the decode is the
+    solver itself. (The sweeps do not contract for every one: eps-space AB2+ (ipndm, deis order >= 2)
+    and 3M stall at ~1e-1 on this grid and warn; measured in docs/inversion.md.)"""
+    model = ring.model(SCHED)
+    x0 = _batch(ring, torch.float64, 6)
+    g = flowode.sigma_grid(SCHED, 10, "logsnr")
+    res = fixed_point_encode(model, x0, g, solver, on_fail="ignore", **opts)
+    back = flowode.integrate(model, res.latent, g, solver, **opts).x
+    assert float(res.residual.max()) < 1e-12, solver
+    assert float(((back - x0).abs().flatten(1).amax(1) / x0.abs().flatten(1).amax(1)).max()) < 1e-10, solver
 
 
 # ------------------------------------------------------------------------------------------- naive inversion
@@ -304,8 +317,10 @@ def test_bad_options(ring):
         roundtrip(model, x0, 10, "bdia", gamma=0.0)
     with pytest.raises(TypeError, match="unknown option"):
         roundtrip(model, x0, 10, "edict", gamma=0.5)
-    with pytest.raises(SolverError, match="deterministic one-step"):
+    with pytest.raises(SolverError, match="deterministic fixed-step"):
         roundtrip(model, x0, 10, "fixed_point", solver="ddpm")
+    with pytest.raises(SolverError, match="adaptive"):
+        roundtrip(model, x0, 10, "fixed_point", solver="dopri5")
 
 
 def test_fixed_point_warns_naming_samples_and_residual(ring):

@@ -293,7 +293,7 @@ def test_continuous_closed_forms():
     torch.testing.assert_close(cos.alphas_cumprod(t), f, rtol=1e-12, atol=0)
     ve = SCHEDULES["ve"]
     torch.testing.assert_close(ve.sigma(t), 0.01 * (50.0 / 0.01) ** t, rtol=1e-13, atol=0)
-    assert ve.alpha(0.3) == 1.0 and ve.family == "ve"
+    assert ve.alpha(0.3) == 1.0 and ve.alpha_from_sigma(7.0) == 1.0 and ve.std_from_sigma(7.0) == 7.0
     edm = SCHEDULES["edm"]
     assert edm.sigma(3.25) == 3.25 and edm.t(3.25) == 3.25 and edm.alpha(3.25) == 1.0
 

@@ -11,14 +11,7 @@ See docs/inversion.md for the mathematics and the measured errors.
 
 from ._common import InversionWarning
 from .coupled import BdiaLatent, EdictLatent, bdia_decode, bdia_encode, edict_decode, edict_encode
-from .fixed_point import (
-    MULTISTEP_FORMS,
-    DPMSolverPP2M,
-    FixedPointResult,
-    MultistepForm,
-    fixed_point_encode,
-    multistep_decode,
-)
+from .fixed_point import FixedPointResult, fixed_point_encode
 from .latent import LatentStats, latent_stats
 from .report import DEFAULT_METHODS, InvertibilityReport, invertibility_report
 from .roundtrip import EXACT_METHODS, ConvergenceStudy, RoundTrip, convergence, fit_order, reference_latent, roundtrip
@@ -26,6 +19,6 @@ from .roundtrip import EXACT_METHODS, ConvergenceStudy, RoundTrip, convergence, 
 __all__ = [
     "roundtrip", "RoundTrip", "EXACT_METHODS", "convergence", "ConvergenceStudy", "fit_order", "reference_latent",
     "latent_stats", "LatentStats", "InversionWarning", "invertibility_report", "InvertibilityReport", "DEFAULT_METHODS",
-    "fixed_point_encode", "FixedPointResult", "MultistepForm", "DPMSolverPP2M", "MULTISTEP_FORMS", "multistep_decode",
+    "fixed_point_encode", "FixedPointResult",
     "edict_encode", "edict_decode", "EdictLatent", "bdia_encode", "bdia_decode", "BdiaLatent",
 ]

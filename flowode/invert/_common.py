@@ -1,4 +1,4 @@
-"""Shared pieces of the inversion package: the decode grid, DDIM step coefficients, error norms.
+"""Shared pieces of the inversion package: the decode grid, error norms, the convergence warning.
 
 Every inversion method here is written against the *decode* grid ``g`` (strictly decreasing,
 ``g[0]`` the latent's noise level, ``g[-1]`` the data end, usually 0). Encoding visits the same
@@ -7,7 +7,6 @@ Every inversion method here is written against the *decode* grid ``g`` (strictly
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Optional, Sequence, Union
 
@@ -15,11 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..grids import GridError, check_grid, sigma_grid
+from ..grids import resolve_grid
 from ..models import EpsilonModel
-from ..solvers.base import SolverError
+from ..solvers.boundary import check_direction
 
-__all__ = ["InversionWarning", "decode_grid", "ddim_coefficients", "scaled_residual", "rel_max_error"]
+__all__ = ["InversionWarning", "decode_grid", "scaled_residual", "rel_max_error", "warn_unconverged"]
 
 
 class InversionWarning(UserWarning):
@@ -27,46 +26,28 @@ class InversionWarning(UserWarning):
 
 
 def decode_grid(model: EpsilonModel, steps: Optional[int], spacing: Optional[str],
-                sigmas: Optional[Union[Tensor, Sequence[float], np.ndarray]], default_spacing: Optional[str] = None,
+                sigmas: Optional[Union[Tensor, Sequence[float], np.ndarray]], solver: Any = None,
                 **grid_kwargs: Any) -> Tensor:
-    """The decode grid of a round trip: ``sigmas`` when given (must be decreasing), else
-    :func:`~flowode.grids.sigma_grid` with ``steps`` and ``spacing``.
+    """The decode grid of a round trip (:func:`~flowode.grids.resolve_grid`): ``sigmas`` when given
+    (must be decreasing), else ``steps`` with ``spacing`` (default: ``solver``'s, else the
+    schedule's). The encode on its reverse is checked here, before any work: it may not end at
+    ``sigma = inf`` (:func:`~flowode.solvers.boundary.check_direction`).
 
     Raises:
-        GridError: an increasing grid (the wrong direction for a decode grid), or ``sigma = inf``
-            at the noisy end (a latent at zero terminal SNR cannot be encoded to).
+        GridError: an increasing ``sigmas`` (the wrong direction for a decode grid) or a bad grid;
+        SolverError: ``sigma = inf`` at the noisy end (a latent at zero terminal SNR cannot be encoded to).
     """
+    if sigmas is not None and steps is not None:
+        raise ValueError("give either `steps` or `sigmas` (an explicit decode grid), not both.")
+    if sigmas is None and steps is None:
+        raise ValueError("give `steps` (number of steps) or `sigmas` (an explicit decode grid).")
     if sigmas is not None:
-        if steps is not None:
-            raise ValueError("give either `steps` or `sigmas` (an explicit decode grid), not both.")
-        g = check_grid(sigmas, model.schedule)
-        if float(g[0]) < float(g[-1]):
-            raise GridError(
-                "`sigmas` must be the *decode* grid, strictly decreasing from the latent's noise level to the "
-                f"data (got an increasing grid {float(g[0]):.4g} -> {float(g[-1]):.4g}); the round trip encodes "
-                "on its reverse. Pass `torch.flip(sigmas, [0])`."
-            )
+        g = resolve_grid(model.schedule, solver, sigmas=sigmas)
     else:
-        if steps is None:
-            raise ValueError("give `steps` (number of steps) or `sigmas` (an explicit decode grid).")
-        spacing = spacing or default_spacing or model.schedule.default_spacing
-        g = sigma_grid(model.schedule, steps, spacing, **grid_kwargs)
-    if math.isinf(float(g[0])):
-        raise SolverError(
-            "cannot encode to sigma = inf (zero terminal SNR): the latent would not depend on the data. "
-            "Pass `sigma_max=` (continuous spacings) or an explicit `sigmas` grid that starts below inf."
-        )
+        g = resolve_grid(model.schedule, solver, steps=steps, spacing=spacing, **grid_kwargs)
+    levels = [float(v) for v in g.tolist()]
+    check_direction(levels[::-1], getattr(solver, "name", "the inversion"))
     return g
-
-
-def ddim_coefficients(model: EpsilonModel, sigma: float, sigma_next: float) -> tuple[float, float]:
-    """``(A, B)`` with ``DDIM(x; sigma -> sigma') = A x + B eps``: ``A = alpha'/alpha``,
-    ``B = alpha' (sigma' - sigma)`` (Song et al. 2021, eq. 12 with eta = 0, in the
-    ``(xbar, sigma)`` form of DESIGN.md sec. 2). Valid in either direction and at ``sigma' = 0``
-    (``alpha(0) = 1``: ``A = 1/alpha``, ``B = -sigma``, i.e. the denoised estimate)."""
-    a = float(model.schedule.alpha_from_sigma(sigma))
-    a_next = float(model.schedule.alpha_from_sigma(sigma_next))
-    return a_next / a, a_next * (sigma_next - sigma)
 
 
 def scaled_residual(r: Tensor, x: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """Algebraically exact inversion: EDICT (coupled states) and BDIA (bi-directional integration).
 
-Both write the DDIM step from ``sigma_i`` to ``sigma_{i+1}`` as ``A_i x + B_i eps`` (see
-:func:`~flowode.invert._common.ddim_coefficients`; ``A = alpha'/alpha``, ``B = alpha' (sigma' - sigma)``)
+Both write the DDIM step from ``sigma_i`` to ``sigma_{i+1}`` as ``A_i x + B_i eps`` (the one copy of
+the DDIM step, :func:`~flowode.solvers.ddim.ddim_coefficients`; ``A = alpha'/alpha``,
+``B = alpha' (sigma' - sigma)``; in ``xbar = x / alpha`` coordinates ``A = 1``, ``B = sigma' - sigma``)
 and arrange the updates so that every network evaluation can be repeated, with the same argument,
 when running backwards: the inverse is exact in exact arithmetic, and exact to round-off in floating
 point. Every network evaluation happens at a grid level ``sigma_i > 0``.
@@ -47,9 +48,9 @@ import torch
 from torch import Tensor
 
 from ..models import EpsilonModel
-from ..solvers import Context
-from ..solvers.base import boundary_step
-from ._common import ddim_coefficients
+from ..solvers.boundary import boundary_step
+from ..solvers.ddim import ddim_coefficients
+from ..solvers.run import Run
 
 __all__ = ["EdictLatent", "edict_encode", "edict_decode", "BdiaLatent", "bdia_encode", "bdia_decode"]
 
@@ -85,6 +86,7 @@ class EdictLatent:
     x: Tensor
     y: Tensor
     dtype: Optional[torch.dtype] = None
+    nfe: int = 0  # evaluations spent producing this pair
 
 
 def _state_dtype(net_dtype: torch.dtype, device: torch.device, accumulate: bool) -> torch.dtype:
@@ -96,11 +98,20 @@ def _state_dtype(net_dtype: torch.dtype, device: torch.device, accumulate: bool)
     return net_dtype
 
 
-def _eps(model: EpsilonModel, xbar: Tensor, alpha: float, sigma: float, net_dtype: torch.dtype) -> Tensor:
+def _eps(run: Run, xbar: Tensor, alpha: float, sigma: float, net_dtype: torch.dtype) -> Tensor:
     """``eps(alpha * xbar, sigma)`` with the network in ``net_dtype``, returned in ``xbar``'s dtype.
     Encode and decode form this argument by the same operations, so equal states give bitwise
     equal network inputs."""
-    return model.predict((xbar * alpha).to(net_dtype), sigma).eps.to(xbar.dtype)
+    return run.predict((xbar * alpha).to(net_dtype), sigma).eps.to(xbar.dtype)
+
+
+def _xbar_step(sigma: float, sigma_next: float) -> float:
+    """``B`` of the DDIM step in ``xbar`` coordinates (``A = 1``): ``xbar' = xbar + B eps``."""
+    return ddim_coefficients(1.0, 1.0, sigma, sigma_next)[1]
+
+
+def _run(model: EpsilonModel, levels: list[float]) -> Run:
+    return Run(model, levels, check_calls=True)
 
 
 def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: float = 0.93,
@@ -116,19 +127,19 @@ def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: fl
     the network runs in its own dtype (see :func:`edict_encode` for why)."""
     p = _check_p(p)
     s = _levels(sigmas)
+    run = _run(model, s)
     net_dtype = latent.dtype or latent.x.dtype
     sd = _state_dtype(net_dtype, latent.x.device, accumulate)
-    al = [float(model.schedule.alpha_from_sigma(v)) for v in s]
+    al = [run.alpha(v) for v in s]
     x, y = latent.x.to(sd) / al[0], latent.y.to(sd) / al[0]
     for i in range(len(s) - 1):
-        model.step_hint = i
-        d = s[i + 1] - s[i]
-        x_in = torch.add(x, _eps(model, y, al[i], s[i], net_dtype), alpha=d)
-        y_in = torch.add(y, _eps(model, x_in, al[i + 1], s[i], net_dtype), alpha=d)  # x_in lives at level i+1
+        run.step = i
+        d = _xbar_step(s[i], s[i + 1])
+        x_in = torch.add(x, _eps(run, y, al[i], s[i], net_dtype), alpha=d)
+        y_in = torch.add(y, _eps(run, x_in, al[i + 1], s[i], net_dtype), alpha=d)  # x_in lives at level i+1
         x = torch.lerp(y_in, x_in, p)  # p x_in + (1 - p) y_in
         y = torch.lerp(x, y_in, p)  # p y_in + (1 - p) x'
-    model.step_hint = None
-    return EdictLatent((x * al[-1]).to(net_dtype), (y * al[-1]).to(net_dtype), net_dtype)
+    return EdictLatent((x * al[-1]).to(net_dtype), (y * al[-1]).to(net_dtype), net_dtype, run.nfe)
 
 
 def edict_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, p: float = 0.93,
@@ -148,20 +159,20 @@ def edict_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, p: float = 0.9
     everything in ``x0``'s dtype (the paper's arithmetic)."""
     p = _check_p(p)
     s = _levels(sigmas)
+    run = _run(model, s)
     net_dtype = x0.dtype
     sd = _state_dtype(net_dtype, x0.device, accumulate)
-    al = [float(model.schedule.alpha_from_sigma(v)) for v in s]
+    al = [run.alpha(v) for v in s]
     x = x0.to(sd) / al[-1]
     y = (x0 if y0 is None else y0).to(sd) / al[-1]
     for i in range(len(s) - 2, -1, -1):
-        model.step_hint = i
-        d = s[i + 1] - s[i]
+        run.step = i
+        d = _xbar_step(s[i], s[i + 1])
         y_in = (y - x * (1 - p)) / p
         x_in = (x - y_in * (1 - p)) / p
-        y = y_in - _eps(model, x_in, al[i + 1], s[i], net_dtype) * d
-        x = x_in - _eps(model, y, al[i], s[i], net_dtype) * d
-    model.step_hint = None
-    return EdictLatent(x * al[0], y * al[0], net_dtype)
+        y = y_in - _eps(run, x_in, al[i + 1], s[i], net_dtype) * d
+        x = x_in - _eps(run, y, al[i], s[i], net_dtype) * d
+    return EdictLatent(x * al[0], y * al[0], net_dtype, run.nfe)
 
 
 @dataclass
@@ -171,15 +182,16 @@ class BdiaLatent:
 
     z0: Tensor
     z1: Optional[Tensor]
+    nfe: int = 0  # evaluations spent producing this pair
 
 
-def _bdia_pair_step(model: EpsilonModel, prev: Tensor, z: Tensor, s_prev: float, s: float, s_next: float,
+def _bdia_pair_step(run: Run, prev: Tensor, z: Tensor, s_prev: float, s: float, s_next: float,
                     gamma: float, forward: bool) -> Tensor:
     """One BDIA update around ``z`` at ``s``. forward: ``prev`` is ``z_{k-1}`` at ``s_prev`` (noisier),
     returns ``z_{k+1}`` at ``s_next``; else ``prev`` is ``z_{k+1}`` and returns ``z_{k-1}``."""
-    eps = model.predict(z, s).eps
-    a_dn, b_dn = ddim_coefficients(model, s, s_next)
-    a_up, b_up = ddim_coefficients(model, s, s_prev)
+    eps = run.predict(z, s).eps
+    a_dn, b_dn = ddim_coefficients(run.alpha(s), run.alpha(s_next), s, s_next)
+    a_up, b_up = ddim_coefficients(run.alpha(s), run.alpha(s_prev), s, s_prev)
     down = torch.add(z * a_dn, eps, alpha=b_dn)
     up = torch.add(z * a_up, eps, alpha=b_up)
     if forward:
@@ -190,20 +202,23 @@ def _bdia_pair_step(model: EpsilonModel, prev: Tensor, z: Tensor, s_prev: float,
 def bdia_decode(model: EpsilonModel, latent: BdiaLatent, sigmas: Tensor, gamma: float = 1.0) -> Tensor:
     """Decode along the decreasing grid ``sigmas`` (1 NFE per step; the first step is DDIM when
     ``latent.z1`` is ``None``)."""
+    return _bdia_decode(model, latent, sigmas, gamma)[0]
+
+
+def _bdia_decode(model: EpsilonModel, latent: BdiaLatent, sigmas: Tensor, gamma: float) -> tuple[Tensor, int]:
     gamma = _check_gamma(gamma)
     s = _levels(sigmas)
+    run = _run(model, s)
     n = len(s) - 1
     z_prev = latent.z0
     if latent.z1 is None:
-        ctx = Context(model=model, sigmas=sigmas)
-        z, _ = boundary_step(ctx, z_prev, s[0], s[1])
+        z, _ = boundary_step(run, z_prev, s[0], s[1])
     else:
         z = latent.z1
     for k in range(1, n):
-        model.step_hint = k
-        z_prev, z = z, _bdia_pair_step(model, z_prev, z, s[k - 1], s[k], s[k + 1], gamma, forward=True)
-    model.step_hint = None
-    return z
+        run.step = k
+        z_prev, z = z, _bdia_pair_step(run, z_prev, z, s[k - 1], s[k], s[k + 1], gamma, forward=True)
+    return z, run.nfe
 
 
 def bdia_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, gamma: float = 1.0) -> BdiaLatent:
@@ -211,12 +226,11 @@ def bdia_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, gamma: float = 
     inverse step to ``sigmas[-2]``, then the exact inverse update (1 NFE per step)."""
     gamma = _check_gamma(gamma)
     s = _levels(sigmas)
+    run = _run(model, s[::-1])
     n = len(s) - 1
-    ctx = Context(model=model, sigmas=torch.flip(sigmas, [0]))
-    ctx.step = n - 1
-    z_next, z = x0, boundary_step(ctx, x0, s[n], s[n - 1])[0]
+    run.step = n - 1
+    z_next, z = x0, boundary_step(run, x0, s[n], s[n - 1])[0]
     for k in range(n - 1, 0, -1):
-        model.step_hint = k
-        z, z_next = _bdia_pair_step(model, z_next, z, s[k - 1], s[k], s[k + 1], gamma, forward=False), z
-    model.step_hint = None
-    return BdiaLatent(z, z_next)
+        run.step = k
+        z, z_next = _bdia_pair_step(run, z_next, z, s[k - 1], s[k], s[k + 1], gamma, forward=False), z
+    return BdiaLatent(z, z_next, run.nfe)

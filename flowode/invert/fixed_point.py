@@ -20,12 +20,16 @@ its Jacobian is ``(sigma_i - sigma_{i+1}) d eps / d xbar``, a contraction for a 
 ``c Phi`` is the identity plus O(h), so the same preconditioner applies (the solver's ``step`` is
 called as is). Anderson acceleration (Walker & Ni 2011, type II, depth ``m``) is applied on top.
 
-Multistep solvers (DPM-Solver++(2M), Lu et al. 2022b, Alg. 2) also need the model output at the
-*noisier* neighbour ``x_{i-1}``, which is unknown while encoding. Hong et al. 2024 (sec. 4.2) estimate
-it by a fine-grained naive DDIM inversion; here that estimate starts the iteration and further
-Gauss-Seidel sweeps over the whole trajectory re-solve every step with the updated history until
-all decode equations hold to ``tol`` (an extension that makes the round trip exact, not near-exact).
-A multistep method plugs in as a :class:`MultistepForm` (see :data:`MULTISTEP_FORMS`).
+Multistep solvers (DPM-Solver++(2M), Lu et al. 2022b, Alg. 2, and every other registered multistep
+stepper) also need the solver state -- the model outputs at the *noisier* neighbours ``x_{i-1}``,
+... -- which is unknown while encoding. Hong et al. 2024 (sec. 4.2) estimate it by a fine-grained
+naive DDIM inversion; here that estimate starts the iteration and further Gauss-Seidel sweeps over
+the whole trajectory re-solve every step with the updated state until all decode equations hold
+to ``tol`` (an extension that makes the round trip exact, not near-exact).
+
+The map inverted is the registered stepper's own step (:func:`flowode.driver.take_step`, boundary
+policy included), with the solver state the decode would carry: a decode of the latent with
+``flowode.integrate(model, latent, sigmas, solver)`` is the same map by construction.
 
 Cost: per step one naive step (``nfe_per_step`` evaluations) plus ``nfe_per_step`` per iteration;
 the result reports the iterations and NFE of every step.
@@ -35,18 +39,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
+from ..driver import take_step
 from ..models import EpsilonModel
-from ..solvers import Context, OneStepSolver, Solver, SolverError, make
-from ..solvers.base import boundary_step
+from ..solvers import SolverError, Stepper, make
+from ..solvers.run import Run
 from ._common import scaled_residual, warn_unconverged
 
-__all__ = ["FixedPointResult", "fixed_point_encode", "default_tol", "MultistepForm", "DPMSolverPP2M",
-           "MULTISTEP_FORMS", "multistep_decode", "solve_fixed_point"]
+__all__ = ["FixedPointResult", "fixed_point_encode", "default_tol", "solve_fixed_point"]
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -203,7 +207,7 @@ def fixed_point_encode(
     model: EpsilonModel,
     x0: Tensor,
     sigmas: Tensor,
-    solver: Union[str, Solver] = "ddim",
+    solver: Union[str, Stepper] = "ddim",
     *,
     tol: Optional[float] = None,
     max_iter: int = 100,
@@ -221,8 +225,8 @@ def fixed_point_encode(
         model: the model.
         x0: data (state at ``sigmas[-1]``), batch first.
         sigmas: the decode grid (decreasing), validated.
-        solver: a one-step solver (any deterministic registered one, e.g. ``"ddim"``, ``"heun"``,
-            ``"rk4"``), or a multistep form from :data:`MULTISTEP_FORMS` (``"dpm_solver++_2m"``).
+        solver: any deterministic fixed-step registered solver: one-step (``"ddim"``, ``"heun"``,
+            ``"rk4"``, ...) or multistep (``"dpm_solver++_2m"``, ``"ipndm"``, ...).
         tol: tolerance on the per-sample scaled residual ``max|Phi(y) - x| / (1 + |x|)``
             (default :func:`default_tol`).
         max_iter: iteration cap per step (per sweep for multistep solvers).
@@ -230,217 +234,155 @@ def fixed_point_encode(
         on_fail: ``"warn"`` (default; :class:`InversionWarning` naming samples and residuals),
             ``"raise"`` (``RuntimeError``) or ``"ignore"``.
         max_sweeps, history_substeps: multistep solvers only: the cap on trajectory sweeps and the
-            number of naive DDIM sub-steps per interval of the initial history estimate (Hong et al.).
+            number of naive DDIM sub-steps per interval of the initial trajectory (Hong et al.).
         save_trajectory: keep every state of the encoded trajectory.
         **solver_options: options of ``solver``.
     """
     t = _check_options(tol, max_iter, anderson, on_fail, x0.dtype)
-    if isinstance(solver, str) and solver.strip().lower().replace("-", "_") in MULTISTEP_FORMS:
-        if solver_options:
-            raise TypeError(f"multistep form {solver!r} takes no options, got {sorted(solver_options)}.")
-        form = MULTISTEP_FORMS[solver.strip().lower().replace("-", "_")]
-        return _multistep_encode(model, x0, sigmas, form, tol=t, max_iter=max_iter, anderson=anderson,
-                                 on_fail=on_fail, max_sweeps=max_sweeps, substeps=history_substeps,
-                                 save_trajectory=save_trajectory)
-    slv = make(solver, **solver_options)
-    if not isinstance(slv, OneStepSolver) or slv.stochastic or slv.adaptive:
-        forms = ", ".join(repr(k) for k in MULTISTEP_FORMS)
-        kind = "stochastic" if slv.stochastic else "adaptive" if slv.adaptive else "not one-step"
+    stepper = make(solver, **solver_options)
+    if stepper.stochastic or stepper.adaptive:
+        kind = "stochastic" if stepper.stochastic else "adaptive"
         raise SolverError(
-            f"fixed-point inversion needs a deterministic one-step solver (its decode step is the map to "
-            f"invert); {slv.name!r} is {kind}. "
-            f"Use e.g. 'ddim', 'heun', 'rk4', or a multistep form ({forms})."
+            f"fixed-point inversion needs a deterministic fixed-step solver (its decode step is the map to "
+            f"invert); {stepper.name!r} is {kind}. Use e.g. 'ddim', 'heun', 'rk4' or 'dpm_solver++_2m'."
         )
-    ctx = Context(model=model, sigmas=sigmas)
-    slv.check(ctx)
-    s = ctx.sigma_list
+    levels = [float(v) for v in sigmas.tolist()]
+    run = Run(model, levels, check_calls=True)
+    stepper.check(run)
+    if stepper.multistep:
+        return _multistep_encode(run, stepper, x0, tol=t, max_iter=max_iter, anderson=anderson, on_fail=on_fail,
+                                 max_sweeps=max_sweeps, substeps=history_substeps, save_trajectory=save_trajectory)
+    s = levels
     n = len(s) - 1
     b = x0.shape[0]
     iterations = torch.zeros(n, b, dtype=torch.int64)
     residual = torch.zeros(n, b, dtype=torch.float64)
     nfe_steps = [0] * n
-    nfe_start = model.nfe
     x = x0
     traj = [x0] if save_trajectory else []
     for i in range(n - 1, -1, -1):
-        n0 = model.nfe
-        ctx.step = i
-        y0, _ = slv.step(ctx, x, s[i + 1], s[i])  # the naive inverse step starts the iteration
-        c = ctx.alpha(s[i]) / ctx.alpha(s[i + 1])
+        n0 = run.nfe
+        run.step = i
+        y0 = take_step(run, stepper, x, s[i + 1], s[i], None).x  # the naive inverse step starts the iteration
+        c = run.alpha(s[i]) / run.alpha(s[i + 1])
 
         def phi(y: Tensor, idx: Tensor, i: int = i) -> tuple[Tensor, Optional[Tensor]]:
-            ctx.step = i
-            return slv.step(ctx, y, s[i], s[i + 1])[0], None
+            run.step = i
+            return take_step(run, stepper, y, s[i], s[i + 1], None).x, None
 
         x, _, it, res = solve_fixed_point(phi, y0, x, c, tol=t, max_iter=max_iter, anderson=anderson)
         iterations[i], residual[i] = it, res
-        nfe_steps[i] = model.nfe - n0
-        _report(res, t, i, s[i], s[i + 1], int(it.max()), on_fail, f"fixed-point inversion ({slv.name})")
+        nfe_steps[i] = run.nfe - n0
+        _report(res, t, i, s[i], s[i + 1], int(it.max()), on_fail, f"fixed-point inversion ({stepper.name})")
         if save_trajectory:
             traj.append(x)
-    model.step_hint = None
     return FixedPointResult(
-        latent=x, nfe=model.nfe - nfe_start, iterations=iterations, residual=residual, nfe_per_step=nfe_steps,
+        latent=x, nfe=run.nfe, iterations=iterations, residual=residual, nfe_per_step=nfe_steps,
         converged=bool((residual <= t).all()), tol=t,
         trajectory=torch.stack(traj[::-1]) if save_trajectory else None,
     )
 
 
 # ------------------------------------------------------------------------------------ multistep solvers
-class MultistepForm:
-    """A linear multistep decode step written so inversion can call it with a chosen history.
-
-    Subclasses implement :meth:`update`: the state at ``sigmas[i+1]`` from the state ``x`` at
-    ``sigmas[i]``, its x0 prediction ``d`` and the earlier (noisier) predictions ``history``
-    (``history[0]`` at ``sigmas[i-1]``, ...; shorter during warm-up). ``order`` is the number of
-    predictions used. A registered solver that exposes the same ``update`` can be inverted by
-    adding an instance to :data:`MULTISTEP_FORMS` under its registry name.
-    """
-
-    name: ClassVar[str] = ""
-    order: ClassVar[int] = 1
-    source: ClassVar[str] = ""
-
-    def update(self, model: EpsilonModel, x: Tensor, d: Tensor, history: list[Tensor], sigmas: list[float],
-               i: int) -> Tensor:
-        raise NotImplementedError
+def _select(state: Any, idx: Tensor, batch: int) -> Any:
+    """The samples ``idx`` of a solver state (tensors with the batch as first dimension are
+    indexed; tuples, lists and dicts are mapped; everything else is kept)."""
+    if isinstance(state, Tensor):
+        return state.index_select(0, idx.to(state.device)) if state.dim() >= 1 and state.shape[0] == batch else state
+    if isinstance(state, tuple):
+        items = [_select(v, idx, batch) for v in state]
+        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
+    if isinstance(state, list):
+        return [_select(v, idx, batch) for v in state]
+    if isinstance(state, dict):
+        return {k: _select(v, idx, batch) for k, v in state.items()}
+    return state
 
 
-class DPMSolverPP2M(MultistepForm):
-    """DPM-Solver++(2M) (Lu et al. 2022b, "DPM-Solver++", Algorithm 2), data-prediction form in
-    ``lambda = -log sigma``: with ``h_i = lambda_{i+1} - lambda_i``, ``r_i = h_{i-1} / h_i``,
-
-        x_{i+1} = (std_{i+1} / std_i) x_i + alpha_{i+1} (1 - e^{-h_i}) D_i',
-        D_i'    = (1 + 1/(2 r_i)) D_i - 1/(2 r_i) D_{i-1}     (D_i' = D_i on the first step),
-
-    and a first-order (DDIM) step into ``sigma = 0`` (diffusers' ``final_sigmas_type="zero"``,
-    which takes the last step first-order)."""
-
-    name = "dpm_solver++_2m"
-    order = 2
-    source = "Lu et al. 2022b, DPM-Solver++, Algorithm 2 (multistep, order 2)"
-
-    def update(self, model: EpsilonModel, x: Tensor, d: Tensor, history: list[Tensor], sigmas: list[float],
-               i: int) -> Tensor:
-        s, s1 = sigmas[i], sigmas[i + 1]
-        if s1 == 0.0:
-            return d
-        sched = model.schedule
-        a, a1 = float(sched.alpha_from_sigma(s)), float(sched.alpha_from_sigma(s1))
-        h = math.log(s / s1)
-        if history and i >= 1 and math.isfinite(sigmas[i - 1]):
-            r = math.log(sigmas[i - 1] / s) / h
-            d = torch.add(d * (1 + 0.5 / r), history[0], alpha=-0.5 / r)
-        if math.isinf(s):
-            return d * a1
-        return torch.add(x * ((a1 * s1) / (a * s)), d, alpha=a1 * (1 - s1 / s))
+def _states(run: Run, stepper: Stepper, traj: list[Tensor], upto: int) -> list[Any]:
+    """The solver state at the start of steps ``0..upto`` of a decode along ``traj`` (the decode's
+    own state when the trajectory is exact): ``upto`` steps from the trajectory's points."""
+    s = run.grid
+    states = [stepper.init(run)]
+    for i in range(upto):
+        run.step = i
+        states.append(take_step(run, stepper, traj[i], s[i], s[i + 1], states[-1]).state)
+    return states
 
 
-MULTISTEP_FORMS: dict[str, MultistepForm] = {DPMSolverPP2M.name: DPMSolverPP2M()}
-
-
-def multistep_decode(model: EpsilonModel, z: Tensor, sigmas: Tensor, form: Union[str, MultistepForm]) -> Tensor:
-    """Decode ``z`` (state at ``sigmas[0]``) with a :class:`MultistepForm` on ``sigmas``: the
-    forward map that :func:`fixed_point_encode` inverts for that form."""
-    f = MULTISTEP_FORMS[form] if isinstance(form, str) else form
-    s = [float(v) for v in sigmas.tolist()]
-    hist: list[Tensor] = []
-    x = z
-    for i in range(len(s) - 1):
-        model.step_hint = i
-        d = model.predict(x, s[i]).x0
-        x = f.update(model, x, d, hist, s, i)
-        hist = [d] + hist[: f.order - 2] if f.order > 1 else []
-    model.step_hint = None
-    return x
-
-
-def _naive_trajectory(model: EpsilonModel, x0: Tensor, s: list[float], substeps: int) -> list[Tensor]:
+def _naive_trajectory(run: Run, x0: Tensor, substeps: int) -> list[Tensor]:
     """States at every grid point from a naive DDIM inversion with ``substeps`` sub-steps per
     interval (uniform in sigma), decode order (Hong et al. 2024's history estimate)."""
-    ctx = Context(model=model, sigmas=torch.tensor(s, dtype=torch.float64))
+    s = run.grid
+    ddim = make("ddim")
     out = [x0]
     x = x0
     for i in range(len(s) - 1, 0, -1):
         lo, hi = s[i], s[i - 1]
         pts = [lo + (hi - lo) * k / substeps for k in range(substeps + 1)]
         for a, b in zip(pts[:-1], pts[1:]):
-            x, _ = boundary_step(ctx, x, a, b)
+            run.step = i - 1
+            x = take_step(run, ddim, x, a, b, None).x
         out.append(x)
     return out[::-1]
 
 
-def _history(preds: list[Optional[Tensor]], i: int, order: int) -> list[Tensor]:
-    return [p for p in preds[max(0, i - order + 1): i][::-1] if p is not None]
-
-
-def _multistep_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, form: MultistepForm, *, tol: float,
-                      max_iter: int, anderson: int, on_fail: str, max_sweeps: int, substeps: int,
-                      save_trajectory: bool) -> FixedPointResult:
+def _multistep_encode(run: Run, stepper: Stepper, x0: Tensor, *, tol: float, max_iter: int, anderson: int,
+                      on_fail: str, max_sweeps: int, substeps: int, save_trajectory: bool) -> FixedPointResult:
     """Exact inversion of a multistep decode: the whole trajectory ``Y = (x_0, ..., x_N)`` is the
-    unknown. One *sweep* ``S(Y)`` takes the history predictions ``D(x_{i-1})`` from ``Y`` and
-    re-solves every step's equation by the per-step fixed-point iteration, from the data upwards;
-    the exact trajectory is the fixed point ``S(Y) = Y``, found by Anderson-accelerated iteration
-    of ``S`` (per sample) started from the fine-grained naive DDIM inversion (Hong et al. 2024)."""
+    unknown. One *sweep* ``S(Y)`` computes the decode's solver states from ``Y`` and re-solves
+    every step's equation by the per-step fixed-point iteration, from the data upwards; the exact
+    trajectory is the fixed point ``S(Y) = Y``, found by Anderson-accelerated iteration of ``S``
+    (per sample) started from the fine-grained naive DDIM inversion (Hong et al. 2024)."""
     if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
         raise ValueError(f"`history_substeps` must be a positive integer, got {substeps!r}.")
     if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, int) or max_sweeps < 1:
         raise ValueError(f"`max_sweeps` must be a positive integer, got {max_sweeps!r}.")
-    s = [float(v) for v in sigmas.tolist()]
+    s = run.grid
     n = len(s) - 1
     b = x0.shape[0]
-    nfe_start = model.nfe
     iterations = torch.zeros(n, b, dtype=torch.int64)
     nfe_steps = [0] * n
     counter = {"sweeps": 0}
-    alpha = [float(model.schedule.alpha_from_sigma(v)) for v in s]
 
     def sweep(y_all: Tensor, idx: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         counter["sweeps"] += 1
         traj = list(y_all.unbind(1))
-        preds: list[Optional[Tensor]] = [None] * (n + 1)
-        for i in range(n - 1):
-            n0 = model.nfe
-            model.step_hint = i
-            preds[i] = model.predict(traj[i], s[i]).x0
-            nfe_steps[i] += model.nfe - n0
+        states = _states(run, stepper, traj, n - 1)
         new = list(traj)
         new[n] = x0[idx]
         for i in range(n - 1, -1, -1):
-            n0 = model.nfe
-            hist = _history(preds, i, form.order)
+            n0 = run.nfe
+            st = states[i]
 
-            def phi(y: Tensor, sub: Tensor, i: int = i, hist: list[Tensor] = hist) -> tuple[Tensor, Optional[Tensor]]:
-                model.step_hint = i
-                return form.update(model, y, model.predict(y, s[i]).x0, [h[sub] for h in hist], s, i), None
+            def phi(y: Tensor, sub: Tensor, i: int = i, st: Any = st) -> tuple[Tensor, Optional[Tensor]]:
+                run.step = i
+                return take_step(run, stepper, y, s[i], s[i + 1], _select(st, sub, y_all.shape[0])).x, None
 
-            new[i], _, it, _ = solve_fixed_point(phi, traj[i], new[i + 1], alpha[i] / alpha[i + 1], tol=tol,
-                                                 max_iter=max_iter, anderson=anderson)
+            new[i], _, it, _ = solve_fixed_point(phi, traj[i], new[i + 1], run.alpha(s[i]) / run.alpha(s[i + 1]),
+                                                 tol=tol, max_iter=max_iter, anderson=anderson)
             iterations[i, idx.cpu()] += it
-            nfe_steps[i] += model.nfe - n0
+            nfe_steps[i] += run.nfe - n0
         out = torch.stack(new, 1)
         return y_all - out, None  # zero at the fixed point S(Y) = Y
 
-    y_init = torch.stack(_naive_trajectory(model, x0, s, substeps), 1)  # (B, N + 1, ...)
-    history_nfe = model.nfe - nfe_start
+    y_init = torch.stack(_naive_trajectory(run, x0, substeps), 1)  # (B, N + 1, ...)
+    history_nfe = run.nfe
     y_all, _, _, _ = solve_fixed_point(sweep, y_init, torch.zeros_like(y_init), 1.0, tol=tol, max_iter=max_sweeps - 1,
                                        anderson=max(anderson, 1))
-    # the decode equations, checked with the final trajectory (N evaluations)
+    # the decode equations, checked with the final trajectory
     traj = list(y_all.unbind(1))
-    preds = []
-    for i in range(n):
-        model.step_hint = i
-        preds.append(model.predict(traj[i], s[i]).x0)
+    states = _states(run, stepper, traj, n - 1)
     residual = torch.zeros(n, b, dtype=torch.float64)
     for i in range(n):
-        r = form.update(model, traj[i], preds[i], _history(preds, i, form.order), s, i) - traj[i + 1]  # type: ignore[arg-type]
+        run.step = i
+        r = take_step(run, stepper, traj[i], s[i], s[i + 1], states[i]).x - traj[i + 1]
         residual[i] = scaled_residual(r, traj[i + 1]).cpu()
-    model.step_hint = None
-    what = f"fixed-point inversion ({form.name}, {counter['sweeps']} sweep(s))"
+    what = f"fixed-point inversion ({stepper.name}, {counter['sweeps']} sweep(s))"
     for i in range(n):
         _report(residual[i], tol, i, s[i], s[i + 1], int(iterations[i].max()), on_fail, what)
     return FixedPointResult(
-        latent=traj[0], nfe=model.nfe - nfe_start, iterations=iterations, residual=residual,
+        latent=traj[0], nfe=run.nfe, iterations=iterations, residual=residual,
         nfe_per_step=nfe_steps, converged=bool((residual <= tol).all()), tol=tol, sweeps=counter["sweeps"],
         trajectory=torch.stack(traj) if save_trajectory else None, stats={"history_nfe": history_nfe},
     )

@@ -24,20 +24,19 @@ import torch
 from torch import Tensor
 
 from ..analytic import AnalyticModel, Gaussian, GaussianMixture, reference_solve
+from ..grids import split_grid_options
 from ..integrate import integrate
 from ..models import EpsilonModel
 from ..solvers import SolverError, make
 from ._common import decode_grid, rel_max_error
-from .coupled import bdia_decode, bdia_encode, edict_decode, edict_encode
-from .fixed_point import MULTISTEP_FORMS, fixed_point_encode, multistep_decode
+from .coupled import _bdia_decode, bdia_encode, edict_decode, edict_encode
+from .fixed_point import fixed_point_encode
 
 __all__ = ["RoundTrip", "roundtrip", "EXACT_METHODS", "fit_order", "ConvergenceStudy", "convergence",
            "reference_latent"]
 
 #: inversion methods that are not plain solvers
 EXACT_METHODS = ("fixed_point", "edict", "bdia")
-
-_GRID_KEYS = ("final", "sigma_min", "sigma_max", "rho", "offset")
 
 
 @dataclass
@@ -118,12 +117,7 @@ def reference_latent(model: EpsilonModel, x0: Tensor, sigmas: Tensor, data: Opti
         return None
     if lo == 0.0 and not isinstance(model, AnalyticModel):
         return None
-    nfe = model.nfe
-    try:
-        return reference_solve(model, x0.to(torch.float64) if isinstance(model, AnalyticModel) else x0, lo, hi).to(
-            x0.dtype)
-    finally:
-        model.nfe = nfe
+    return reference_solve(model, x0.to(torch.float64) if isinstance(model, AnalyticModel) else x0, lo, hi).to(x0.dtype)
 
 
 def _errors(x0: Tensor, rec: Tensor, data_range: Optional[float]) -> dict[str, Any]:
@@ -180,47 +174,38 @@ def roundtrip(
         raise TypeError(f"`model` must be a flowode.EpsilonModel, got {type(model).__name__}.")
     if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.dim() < 1:
         raise TypeError("`x0` must be a floating-point tensor with a batch dimension.")
-    grid_kwargs = {k: options.pop(k) for k in list(options) if k in _GRID_KEYS}
+    grid_kwargs, options = split_grid_options(options)
     key = str(method).strip().lower().replace("-", "_")
     stats: dict[str, Any] = {}
     state: Any = None
+    steps_arg = steps if sigmas is None else None
     if key in EXACT_METHODS:
-        fp_solver = options.get("solver", "ddim") if key == "fixed_point" else "ddim"
-        default_spacing = None
-        if isinstance(fp_solver, str) and fp_solver not in MULTISTEP_FORMS:
-            default_spacing = make(fp_solver).default_spacing
-        g = decode_grid(model, steps if sigmas is None else None, spacing, sigmas, default_spacing, **grid_kwargs)
-        n0 = model.nfe
+        fp_solver = make(options.get("solver", "ddim")) if key == "fixed_point" else None
+        g = decode_grid(model, steps_arg, spacing, sigmas, fp_solver, **grid_kwargs)
         if key == "edict":
             p = float(options.pop("p", 0.93))
             acc = bool(options.pop("accumulate", True))
             _no_more(options, key)
             state = edict_encode(model, x0, g, p, accumulate=acc)
-            n1 = model.nfe
-            rec = edict_decode(model, state, g, p, accumulate=acc).x
-            latent = state.x.to(x0.dtype)
+            pair = edict_decode(model, state, g, p, accumulate=acc)
+            rec, latent, nfe_enc, nfe_dec = pair.x, state.x.to(x0.dtype), state.nfe, pair.nfe
         elif key == "bdia":
             gamma = float(options.pop("gamma", 1.0))
             _no_more(options, key)
             state = bdia_encode(model, x0, g, gamma)
-            n1 = model.nfe
-            rec = bdia_decode(model, state, g, gamma)
-            latent = state.z0
+            rec, nfe_dec = _bdia_decode(model, state, g, gamma)
+            latent, nfe_enc = state.z0, state.nfe
         else:
             solver = options.pop("solver", "ddim")
             state = fixed_point_encode(model, x0, g, solver, **options)
-            n1 = model.nfe
             latent = state.latent
-            if isinstance(solver, str) and solver.strip().lower().replace("-", "_") in MULTISTEP_FORMS:
-                rec = multistep_decode(model, latent, g, solver.strip().lower().replace("-", "_"))
-            else:
-                solver_opts = {k: v for k, v in options.items()
-                               if k not in ("tol", "max_iter", "anderson", "on_fail", "max_sweeps",
-                                            "history_substeps", "save_trajectory")}
-                rec = integrate(model, latent, g, solver, **solver_opts).x
+            solver_opts = {k: v for k, v in options.items()
+                           if k not in ("tol", "max_iter", "anderson", "on_fail", "max_sweeps",
+                                        "history_substeps", "save_trajectory")}
+            back = integrate(model, latent, g, solver, **solver_opts)
+            rec, nfe_enc, nfe_dec = back.x, state.nfe, back.nfe
             stats.update(iterations=state.iterations, nfe_per_step=state.nfe_per_step,
                          fixed_point_residual=state.residual, converged=state.converged)
-        nfe_enc, nfe_dec = n1 - n0, model.nfe - n1
     else:
         slv = make(key, **options)
         if slv.stochastic:
@@ -228,8 +213,7 @@ def roundtrip(
                 f"solver {slv.name!r} is stochastic; a round trip needs a deterministic map. Use e.g. 'ddim' "
                 "(eta=0), 'heun', or an exact method: 'fixed_point', 'edict', 'bdia'."
             )
-        g = decode_grid(model, steps if sigmas is None else None, spacing, sigmas, slv.default_spacing,
-                        **grid_kwargs)
+        g = decode_grid(model, steps_arg, spacing, sigmas, slv, **grid_kwargs)
         enc = integrate(model, x0, torch.flip(g, [0]), slv)
         dec = integrate(model, enc.x, g, slv)
         latent, rec, nfe_enc, nfe_dec = enc.x, dec.x, enc.nfe, dec.nfe

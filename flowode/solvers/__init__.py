@@ -1,18 +1,22 @@
 """Solvers and their registry. ``flowode.solvers.available()`` lists the registered names.
 
-Each family is one module; importing it registers its solvers.
+Each family is one module (or package) of steppers with no loop of their own; importing it
+registers its solvers. The driver (:mod:`flowode.driver`) takes the steps.
 """
 
-from . import adaptive as _adaptive  # noqa: F401  (registers dopri5 ... scipy_lsoda, bs23_per_sample)
-from . import ddim, runge_kutta  # noqa: F401  (registers the solvers)
-from . import dpm_solver as _dpm_solver  # noqa: F401  (registers the exponential integrators)
-from . import multistep as _multistep  # noqa: F401  (registers plms, ipndm, deis, adams_bashforth)
-from . import unipc as _unipc  # noqa: F401  (registers UniPC)
-from .base import Context, OneStepSolver, Solver, SolverError
+from . import ddim as _ddim  # noqa: F401  (registers ddim, ddpm)
+from . import exponential as _exponential  # noqa: F401  (registers dpm_solver_1 ... unipc)
+from . import external as _external  # noqa: F401  (registers dopri5 ... scipy_lsoda)
+from . import multistep as _multistep  # noqa: F401  (registers plms, ipndm, adams_bashforth, deis)
+from . import rk as _rk  # noqa: F401  (registers euler ... rk38, bs23, bs23_per_sample, dp45)
+from .base import AdaptiveStepper, MaxNFEError, SolverError, Step, Stepper
+from .boundary import Boundary
 from .registry import SOLVERS, UnknownSolverError, available, get_class, make, register
-from .runge_kutta import TABLEAUS, ButcherTableau, RungeKutta
+from .rk import TABLEAUS, ButcherTableau, EmbeddedRungeKutta, RungeKutta, register_tableau
+from .run import Run
 
 __all__ = [
-    "Solver", "OneStepSolver", "Context", "SolverError", "SOLVERS", "UnknownSolverError",
-    "available", "get_class", "make", "register", "ButcherTableau", "RungeKutta", "TABLEAUS",
+    "Stepper", "AdaptiveStepper", "Step", "Run", "Boundary", "SolverError", "MaxNFEError", "SOLVERS",
+    "UnknownSolverError", "available", "get_class", "make", "register", "ButcherTableau", "RungeKutta",
+    "EmbeddedRungeKutta", "register_tableau", "TABLEAUS",
 ]

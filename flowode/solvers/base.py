@@ -1,125 +1,76 @@
-"""Solver contract shared by every family.
+"""The stepper contract: a solver says how to take one step; the driver owns everything else.
 
-A solver is a small dataclass whose fields are its options (so an unknown option is an error, not
-a warning). :meth:`Solver.solve` receives a :class:`Context` -- the model behind a counting,
-checking ``predict``, the validated sigma grid, the random generator and the trajectory recorder --
-and the initial state ``x`` in model coordinates, and returns the final state. A solver never reads
-a schedule's internals: it sees ``sigma`` values, ``alpha(sigma)`` (the VP/VE relation between the
-``x`` and ``xbar`` pictures) and the field in its coordinates (:mod:`flowode.field`).
+A stepper is a small dataclass whose fields are its options (an unknown option is an error, not a
+warning). The driver (:func:`flowode.integrate`) calls, for every step of a fixed grid,
+
+    state = stepper.init(run)                                   # once
+    step  = stepper.step(run, x, sigma, sigma_next, state)      # -> Step(x, state, pred, ...)
+
+where ``run`` (:class:`~flowode.solvers.run.Run`) gives counted, checked model evaluations, the
+field in any coordinates and the random stream, ``x`` is the state in model coordinates and
+``state`` the stepper's own explicit solver state (a multistep history, a warm-up position, the
+previous step's corrector data). States are never mutated in place: a step returns a new one, so
+the driver can keep an old one (to replay a window of steps, or for exact inversion).
+
+Steps that touch ``sigma = 0`` or start at ``sigma = inf`` follow the one boundary policy of
+:mod:`flowode.solvers.boundary`: the driver takes them as a DDIM step unless the stepper says, with
+:meth:`Stepper.native`, that its own update has the right limit there; :meth:`Stepper.after_boundary`
+then tells the stepper what happened (by default its state restarts).
+
+Adaptive solvers are :class:`AdaptiveStepper` s: an embedded pair (one attempt + an error
+estimate) run by the driver's controller loop, or an external back-end (torchdiffeq, scipy) that
+integrates an interval behind the same driver interface (:mod:`flowode.solvers.external`).
+
+A stepper never reads a schedule's internals: it sees noise levels, ``run.alpha(sigma)`` and the
+field in its coordinates (:mod:`flowode.field`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Optional, Sequence
 
-import torch
 from torch import Tensor
 
-from ..field import ProbabilityFlow
-from ..models import EpsilonModel, Prediction
+from ..models import Prediction
 
-__all__ = ["Solver", "OneStepSolver", "Context", "boundary_step", "SolverError"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..schedules import Schedule
+    from .boundary import Boundary
+    from .run import Run
+
+__all__ = ["Stepper", "AdaptiveStepper", "Step", "SolverError", "MaxNFEError", "IntervalResult"]
 
 
 class SolverError(ValueError):
     """A solver cannot run on the given grid, model or options."""
 
 
-@dataclass
-class Context:
-    """Everything a solver may use besides the state.
+class Step(NamedTuple):
+    """What one step returns.
 
     Attributes:
-        model: the model; call :meth:`predict`, not the model, so errors can name the step.
-        sigmas: validated float64 grid; ``sigma_list`` holds the same values as Python floats.
-        generator: the ``torch.Generator`` for every random draw (``None``: global RNG).
-        save_trajectory: whether :meth:`record` keeps states and x0 predictions.
-        stats: solver-specific counters (accepted / rejected steps, step sizes, ...).
+        x: the state at ``sigma_next`` (model coordinates).
+        state: the stepper's solver state after the step.
+        pred: the prediction made at the start of the step (its ``x0`` is recorded as the step's
+            denoised estimate), or ``None`` when the step evaluated nothing there.
+        revised: a corrected state at ``sigma`` (the step's start), for predictor-corrector methods
+            whose corrector needs this step's evaluation (UniPC); the driver records it in place of
+            the state it had recorded there.
+        info: per-step facts for ``Solution.stats`` (e.g. ``{"order": 2}``), or ``None``.
     """
 
-    model: EpsilonModel
-    sigmas: Tensor
-    generator: Optional[torch.Generator] = None
-    save_trajectory: bool = False
-    progress: Any = None
-    sigma_list: list[float] = field(default_factory=list)
-    states: list[Tensor] = field(default_factory=list)
-    state_sigmas: list[float] = field(default_factory=list)
-    denoised: list[Tensor] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
-    step: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.sigma_list:
-            self.sigma_list = [float(v) for v in self.sigmas.tolist()]
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # keep the model's step hint in sync, so that a NaN or a wrong shape from the network names
-        # the step even when a solver evaluates through ``ctx.field(...)`` instead of ``ctx.predict``
-        object.__setattr__(self, name, value)
-        if name == "step" and "model" in self.__dict__:
-            self.model.step_hint = value
-
-    @property
-    def decreasing(self) -> bool:
-        """True when integrating towards the data (sampling / decoding)."""
-        return self.sigma_list[0] > self.sigma_list[-1]
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.sigma_list) - 1
-
-    def predict(self, x: Tensor, sigma: float) -> Prediction:
-        """One counted, checked model evaluation."""
-        self.model.step_hint = self.step
-        return self.model.predict(x, sigma)
-
-    def alpha(self, sigma: float) -> float:
-        return self.model.coefficients(sigma)[0]
-
-    def field(self, coordinates: str) -> ProbabilityFlow:
-        return ProbabilityFlow(self.model, coordinates)
-
-    def randn_like(self, x: Tensor) -> Tensor:
-        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
-
-    def record(self, x: Tensor, sigma: float, pred: Optional[Prediction] = None) -> None:
-        """Keep ``x`` (state at ``sigma``) and, when given, the x0 prediction made from the
-        previous grid point; a no-op unless ``save_trajectory``."""
-        if self.progress is not None and sigma != self.sigma_list[0]:  # the initial state is not a step
-            self.progress.update(1)
-        if not self.save_trajectory:
-            return
-        self.states.append(x.detach().clone())
-        self.state_sigmas.append(sigma)
-        if pred is not None:
-            self.denoised.append(pred.x0.detach().clone())
-
-
-def boundary_step(ctx: Context, x: Tensor, sigma: float, sigma_next: float,
-                  pred: Optional[Prediction] = None) -> tuple[Tensor, Prediction]:
-    """The DDIM / Euler-in-sigma step ``x' = alpha' (x0_hat + sigma' eps_hat)`` (Song et al. 2021,
-    DDIM, eq. 12 with sigma_t = 0), written so that it also holds when ``sigma = inf`` (zero
-    terminal SNR), ``sigma' = 0`` (returns the denoised estimate, as diffusers' and k-diffusion's
-    samplers do) and ``sigma = 0`` (the first step of an encode; the network is then evaluated at
-    the schedule's smallest noise level). One model evaluation unless ``pred`` is given."""
-    if pred is None:
-        pred = ctx.predict(x, sigma)
-    if sigma_next == 0.0:
-        return pred.x0, pred
-    a_next = ctx.alpha(sigma_next)
-    if math.isinf(sigma) or sigma == 0.0:
-        return (pred.x0 + sigma_next * pred.eps) * a_next, pred
-    # the same arithmetic as Euler in (xbar, sigma): alpha'/alpha x + alpha'(sigma' - sigma) eps
-    a = ctx.alpha(sigma)
-    return torch.add(x * (a_next / a), pred.eps, alpha=a_next * (sigma_next - sigma)), pred
+    x: Tensor
+    state: Any = None
+    pred: Optional[Prediction] = None
+    revised: Optional[Tensor] = None
+    info: Optional[dict[str, Any]] = None
 
 
 @dataclass
-class Solver:
-    """Base class. Subclasses set the class attributes and implement :meth:`solve`.
+class Stepper:
+    """Base class of every solver. Subclasses set the class attributes and implement :meth:`step`.
 
     Class attributes:
         name: registry name.
@@ -129,6 +80,8 @@ class Solver:
         stochastic: draws noise (needs a generator for reproducibility).
         adaptive: chooses its own steps between the grid's ends.
         multistep: reuses earlier evaluations (warm-up steps may cost differently).
+        encodes: can integrate an increasing grid (data to noise).
+        default_spacing: the grid spacing it is meant for (``None``: the schedule's).
     """
 
     name: ClassVar[str] = ""
@@ -141,29 +94,43 @@ class Solver:
     encodes: ClassVar[bool] = True
     default_spacing: ClassVar[Optional[str]] = None
 
-    def solve(self, ctx: Context, x: Tensor) -> Tensor:
+    # ---------------------------------------------------------------------------------- the step
+    def init(self, run: "Run") -> Any:
+        """The solver state before the first step (``None`` for one-step methods)."""
+        return None
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        """One step from ``sigma`` to ``sigma_next`` (never a boundary step this stepper does not
+        :meth:`native` -ly handle)."""
         raise NotImplementedError
 
-    def check(self, ctx: Context) -> None:
-        """Raise :class:`SolverError` if this solver cannot run on ``ctx`` (grid direction, ...)."""
-        if not ctx.decreasing and not self.encodes:
+    def native(self, kind: "Boundary") -> bool:
+        """Whether :meth:`step` itself handles a boundary step of this kind (its update has the
+        right finite limit there); otherwise the driver takes the DDIM boundary step."""
+        return False
+
+    def after_boundary(self, run: "Run", state: Any, kind: "Boundary", sigma: float, pred: Prediction) -> Any:
+        """The solver state after the driver took a boundary step from ``sigma`` (with the
+        prediction ``pred`` made there). By default the state restarts: a history cannot hold a
+        point with infinite ``lambda``, and an encode's first evaluation is at ``sigma_min``."""
+        return self.init(run)
+
+    # ---------------------------------------------------------------------------------- checks, cost
+    def check(self, run: "Run") -> None:
+        """Raise :class:`SolverError` if this solver cannot run on ``run.grid`` (direction, ...)."""
+        if not run.decreasing and not self.encodes:
             raise SolverError(
                 f"solver {self.name!r} only integrates towards the data (decreasing `sigmas`); "
                 "it cannot encode. Use a deterministic solver such as 'ddim' or 'heun' to encode."
             )
-        if not ctx.decreasing and math.isinf(ctx.sigma_list[-1]):
-            # alpha = 0 there: the state x = alpha * xbar carries no information (every solver
-            # returned NaN or overflowed before this check)
-            raise SolverError(
-                f"solver {self.name!r} cannot encode up to sigma = inf (zero terminal SNR, alpha = 0); end the "
-                "increasing grid at a finite sigma (e.g. drop its last entry)."
-            )
 
-    def nfe(self, sigmas: list[float]) -> int:
-        """Exact number of model evaluations on the grid ``sigmas`` (fixed-step solvers)."""
-        n = len(sigmas) - 1
-        boundary = sum(1 for a, b in zip(sigmas[:-1], sigmas[1:]) if a == 0.0 or b == 0.0 or math.isinf(a))
-        return int(round((n - boundary) * self.nfe_per_step)) + boundary
+    def nfe(self, sigmas: Sequence[float], schedule: Optional["Schedule"] = None) -> int:
+        """Exact number of model evaluations on the grid ``sigmas``: a dry run of the driver on a
+        one-number state with a free stand-in model (boundary steps and warm-up included), so the
+        count and the solve cannot disagree. ``schedule`` defaults to one that covers the grid."""
+        from ..driver import count_evaluations
+
+        return count_evaluations(self, [float(v) for v in sigmas], schedule)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "order": self.order, "nfe_per_step": self.nfe_per_step,
@@ -171,18 +138,94 @@ class Solver:
 
 
 @dataclass
-class OneStepSolver(Solver):
-    """A solver that maps the state at ``sigmas[i]`` to ``sigmas[i+1]`` with no memory."""
+class AdaptiveStepper(Stepper):
+    """Base class of the adaptive solvers (options common to all of them).
 
-    def step(self, ctx: Context, x: Tensor, sigma: float, sigma_next: float) -> tuple[Tensor, Optional[Prediction]]:
-        raise NotImplementedError
+    The driver integrates adaptively between the grid's first and last level (ends at ``sigma = 0``
+    or ``inf`` are boundary steps), in the chosen ``coordinates``; the grid's inner levels are output
+    points only. ``max_nfe`` bounds ``sol.nfe`` including the boundary steps.
 
-    def solve(self, ctx: Context, x: Tensor) -> Tensor:
-        s = ctx.sigma_list
-        ctx.record(x, s[0]) if ctx.save_trajectory else None
-        for i in range(len(s) - 1):
-            ctx.step = i
-            x, pred = self.step(ctx, x, s[i], s[i + 1])
-            ctx.record(x, s[i + 1], pred)
-            del pred  # it may hold the previous state: free that buffer before the next step allocates
-        return x
+    Options:
+        rtol, atol: relative and absolute tolerances on the state of the chosen coordinates
+            (default ``1e-5`` each, the probability-flow sampler of Song et al. 2021, score SDE).
+        coordinates: ``"sigma"`` (default), ``"lambda"`` or ``"t"``.
+        max_nfe: evaluation budget for the whole solve (``None``: no limit).
+        on_max_nfe: ``"raise"`` (:class:`~flowode.solvers.MaxNFEError` with the partial state) or
+            ``"return"`` (the partial state as the solution, ``stats["status"] = "max_nfe"``).
+        first_step: initial step size (magnitude, in the integration variable); ``None``: the
+            initial-step heuristic (Hairer, Norsett & Wanner I, II.4), which costs evaluations.
+    """
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    coordinates: str = "sigma"
+    max_nfe: Optional[int] = None
+    on_max_nfe: str = "raise"
+    first_step: Optional[float] = None
+
+    nfe_per_step = float("nan")
+    adaptive = True
+
+    def __post_init__(self) -> None:
+        from ..field import COORDINATES
+
+        for key in ("rtol", "atol"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise SolverError(f"`{key}` must be a positive number, got {v!r}.")
+        if self.coordinates not in COORDINATES:
+            raise SolverError(f"`coordinates` must be one of {COORDINATES}, got {self.coordinates!r}.")
+        if self.max_nfe is not None and (isinstance(self.max_nfe, bool) or not isinstance(self.max_nfe, int)
+                                         or self.max_nfe < 1):
+            raise SolverError(f"`max_nfe` must be a positive integer or None, got {self.max_nfe!r}.")
+        if self.on_max_nfe not in ("raise", "return"):
+            raise SolverError(f"`on_max_nfe` must be 'raise' or 'return', got {self.on_max_nfe!r}.")
+        if self.first_step is not None and not (math.isfinite(self.first_step) and self.first_step > 0):
+            raise SolverError(f"`first_step` must be a positive number or None, got {self.first_step!r}.")
+
+    def nfe(self, sigmas: Sequence[float], schedule: Optional["Schedule"] = None) -> int:
+        raise SolverError(
+            f"solver {self.name!r} is adaptive: its NFE is known only after the solve (sol.nfe); "
+            "bound it with `max_nfe`."
+        )
+
+
+class MaxNFEError(SolverError):
+    """The ``max_nfe`` budget of an adaptive solver ran out.
+
+    Attributes:
+        x: the last accepted state (model coordinates) at noise level ``sigma``.
+        sigma: where the integration stopped.
+        nfe: evaluations used.
+        stats: the solver statistics up to that point.
+    """
+
+    def __init__(self, message: str, x: Tensor, sigma: float, nfe: int, stats: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.x, self.sigma, self.nfe, self.stats = x, sigma, nfe, stats
+
+
+@dataclass
+class IntervalResult:
+    """What an adaptive integration of one interval ``[s0, s1]`` returns to the driver.
+
+    Attributes:
+        y: the state (integration coordinates) at ``s_end``: ``s1``, or the last accepted point
+            when the budget ran out (per-sample: the states at ``s_end`` per sample).
+        s_end: where ``y`` is (a float, or per-sample levels as a ``(B,)`` tensor).
+        outputs: the states at the requested output points reached, in order.
+        accepted, rejected: step counts (``rejected`` is ``None`` when the back-end does not report it).
+        step_sizes, step_starts: signed increments and starts of the accepted steps.
+        status: ``"ok"`` or ``"max_nfe"``.
+        extra: back-end specific statistics.
+    """
+
+    y: Tensor
+    s_end: Any
+    outputs: list[Tensor]
+    accepted: int
+    rejected: Optional[int]
+    step_sizes: list[float]
+    step_starts: list[float]
+    status: str = "ok"
+    extra: Optional[dict[str, Any]] = None

@@ -8,7 +8,10 @@ With ``alpha = alpha(sigma)``, ``std = alpha * sigma`` and a step from ``sigma``
 
       x' = alpha' x0 + sqrt(std'^2 - sigma_eta^2) eps + sigma_eta z.
 
-  With ``eta = 0`` this is exactly one Euler step of ``d xbar / d sigma = eps`` (DESIGN.md sec. 2).
+  With ``eta = 0`` this is exactly one Euler step of ``d xbar / d sigma = eps`` (DESIGN.md sec. 2):
+  ``x' = A x + B eps`` with ``A = alpha'/alpha``, ``B = alpha' (sigma' - sigma)``
+  (:func:`ddim_coefficients`, the one copy of the DDIM step; the boundary policy, PLMS's transfer
+  part, BDIA and EDICT all use it).
 * DDPM ancestral (Ho et al. 2020, eq. 6-7): posterior mean
   ``alpha' (1 - sigma'^2/sigma^2) x0 + (alpha'/alpha) (sigma'^2/sigma^2) x`` and variance
   ``"small"`` = ``beta_tilde`` (posterior, eq. 7) or ``"large"`` = ``beta`` (the forward variance
@@ -19,15 +22,47 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import torch
 from torch import Tensor
 
 from ..models import Prediction
-from .base import Context, OneStepSolver, SolverError, boundary_step
+from .base import SolverError, Step, Stepper
 from .registry import register
 
-__all__ = ["DDIM", "DDPM"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .boundary import Boundary
+    from .run import Run
+
+__all__ = ["DDIM", "DDPM", "ddim_coefficients", "ddim_transfer", "ddim_update"]
+
+
+def ddim_coefficients(alpha: float, alpha_next: float, sigma: float, sigma_next: float) -> tuple[float, float]:
+    """``(A, B)`` with ``DDIM(x; sigma -> sigma') = A x + B eps``: ``A = alpha'/alpha``,
+    ``B = alpha' (sigma' - sigma)`` (Song et al. 2021, eq. 12 with eta = 0, in the ``(xbar, sigma)``
+    form of DESIGN.md sec. 2). Valid in either direction and at ``sigma' = 0`` (``alpha(0) = 1``:
+    ``A = 1/alpha``, ``B = -sigma``, the denoised estimate); ``sigma`` finite and positive."""
+    return alpha_next / alpha, alpha_next * (sigma_next - sigma)
+
+
+def ddim_transfer(x: Tensor, eps: Tensor, alpha: float, alpha_next: float, sigma: float, sigma_next: float) -> Tensor:
+    """The DDIM step ``A x + B eps`` with a given noise estimate ``eps`` (one fused kernel)."""
+    a, b = ddim_coefficients(alpha, alpha_next, sigma, sigma_next)
+    return torch.add(x * a, eps, alpha=b)
+
+
+def ddim_update(x: Tensor, pred: Prediction, sigma: float, sigma_next: float,
+                alpha_of: Callable[[float], float]) -> Tensor:
+    """The DDIM step ``x' = alpha' (x0_hat + sigma' eps_hat)`` from the prediction at ``(x, sigma)``,
+    written so that it also holds when ``sigma = inf`` (zero terminal SNR), ``sigma' = 0`` (returns
+    the denoised estimate) and ``sigma = 0`` (the first step of an encode)."""
+    if sigma_next == 0.0:
+        return pred.x0
+    a_next = alpha_of(sigma_next)
+    if math.isinf(sigma) or sigma == 0.0:
+        return (pred.x0 + sigma_next * pred.eps) * a_next
+    return ddim_transfer(x, pred.eps, alpha_of(sigma), a_next, sigma, sigma_next)
 
 
 def _ratio_sq(sigma: float, sigma_next: float) -> float:
@@ -46,7 +81,7 @@ class _EtaStochastic:
 
 @register
 @dataclass
-class DDIM(OneStepSolver):
+class DDIM(Stepper):
     """DDIM (Song, Meng & Ermon 2021, eq. 12 and 16). Order 1, one evaluation per step.
 
     Options:
@@ -62,21 +97,24 @@ class DDIM(OneStepSolver):
     source = "Song, Meng & Ermon, DDIM, ICLR 2021, eq. 12 (eta in eq. 16)"
 
     def __post_init__(self) -> None:
-        if not (self.eta >= 0 and math.isfinite(self.eta)):
-            raise SolverError(f"`eta` must be a finite number >= 0, got {self.eta}.")
+        if isinstance(self.eta, bool) or not (self.eta >= 0 and math.isfinite(self.eta)):
+            raise SolverError(f"`eta` must be a finite number >= 0, got {self.eta!r}.")
 
     stochastic = _EtaStochastic()  # type: ignore[assignment]
 
-    def check(self, ctx: Context) -> None:
-        if self.eta > 0 and not ctx.decreasing:
-            raise SolverError("DDIM with `eta` > 0 only samples (decreasing `sigmas`); encode with eta=0.")
-        super().check(ctx)
+    def native(self, kind: "Boundary") -> bool:
+        return True  # the boundary step is the DDIM step
 
-    def step(self, ctx: Context, x: Tensor, sigma: float, sigma_next: float) -> tuple[Tensor, Optional[Prediction]]:
+    def check(self, run: "Run") -> None:
+        if self.eta > 0 and not run.decreasing:
+            raise SolverError("DDIM with `eta` > 0 only samples (decreasing `sigmas`); encode with eta=0.")
+        super().check(run)
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        pred = run.predict(x, sigma)
         if self.eta == 0.0 or sigma_next == 0.0:
-            return boundary_step(ctx, x, sigma, sigma_next)
-        pred = ctx.predict(x, sigma)
-        a_next = ctx.alpha(sigma_next)
+            return Step(ddim_update(x, pred, sigma, sigma_next, run.alpha), None, pred)
+        a_next = run.alpha(sigma_next)
         std_next = a_next * sigma_next
         s_eta = self.eta * std_next * math.sqrt(max(0.0, 1.0 - _ratio_sq(sigma, sigma_next)))
         if s_eta > std_next:
@@ -85,12 +123,12 @@ class DDIM(OneStepSolver):
                 f"({std_next:.4g}) at sigma={sigma_next:.4g}; use eta <= 1."
             )
         mean = pred.x0 * a_next + pred.eps * math.sqrt(std_next**2 - s_eta**2)
-        return mean.add(ctx.randn_like(x), alpha=s_eta), pred
+        return Step(mean.add(run.randn_like(x), alpha=s_eta), None, pred)
 
 
 @register
 @dataclass
-class DDPM(OneStepSolver):
+class DDPM(Stepper):
     """DDPM ancestral sampling (Ho, Jain & Abbeel 2020, Algorithm 2), order 1 (weak), one
     evaluation per step, on any decreasing grid (the skipped-step posterior of DDIM, eq. 16).
 
@@ -110,20 +148,23 @@ class DDPM(OneStepSolver):
         if self.variance not in ("small", "large"):
             raise SolverError(f"`variance` must be 'small' or 'large', got {self.variance!r}.")
 
-    def step(self, ctx: Context, x: Tensor, sigma: float, sigma_next: float) -> tuple[Tensor, Optional[Prediction]]:
-        pred = ctx.predict(x, sigma)
+    def native(self, kind: "Boundary") -> bool:
+        return True  # the posterior mean has the limits: x0 at sigma' = 0, alpha' x0 from sigma = inf
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        pred = run.predict(x, sigma)
         if sigma_next == 0.0:
-            return pred.x0, pred  # the last step returns the posterior mean, no noise (Algorithm 2)
-        a_next = ctx.alpha(sigma_next)
+            return Step(pred.x0, None, pred)  # the last step returns the posterior mean, no noise (Algorithm 2)
+        a_next = run.alpha(sigma_next)
         r2 = _ratio_sq(sigma, sigma_next)
         if math.isinf(sigma):
             mean = pred.x0 * a_next
         else:
-            a = ctx.alpha(sigma)
+            a = run.alpha(sigma)
             mean = (pred.x0 * (a_next * (1.0 - r2))).add(x, alpha=(a_next / a) * r2)
         if self.variance == "small":
             var = (a_next * sigma_next) ** 2 * (1.0 - r2)
         else:
-            a = ctx.alpha(sigma)
+            a = run.alpha(sigma)
             var = (a * sigma) ** 2 - (a * sigma_next) ** 2 if not math.isinf(sigma) else 1.0
-        return mean.add(ctx.randn_like(x), alpha=math.sqrt(max(var, 0.0))), pred
+        return Step(mean.add(run.randn_like(x), alpha=math.sqrt(max(var, 0.0))), None, pred)

@@ -1,7 +1,7 @@
 """The solver registry: one dict from name to solver class.
 
 ``register`` is a class decorator; :func:`make` builds a solver from a name (or accepts a
-:class:`Solver` instance or subclass, so users can plug in their own without editing flowode) and
+:class:`~flowode.solvers.base.Stepper` instance or subclass, so users can plug in their own without editing flowode) and
 rejects unknown names and unknown options with the close matches and the valid choices.
 """
 
@@ -11,18 +11,19 @@ import dataclasses
 import difflib
 from typing import Any, Union
 
-from .base import Solver
+from .base import Stepper
 
 __all__ = ["SOLVERS", "register", "available", "make", "get_class", "UnknownSolverError"]
 
-SOLVERS: dict[str, type[Solver]] = {}
+#: registry name -> stepper class
+SOLVERS: dict[str, type[Stepper]] = {}
 
 
 class UnknownSolverError(ValueError):
     """A solver name that is not registered."""
 
 
-def register(cls: type[Solver]) -> type[Solver]:
+def register(cls: type[Stepper]) -> type[Stepper]:
     """Class decorator: add ``cls`` under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no `name`.")
@@ -37,7 +38,7 @@ def available() -> list[str]:
     return sorted(SOLVERS)
 
 
-def get_class(name: str) -> type[Solver]:
+def get_class(name: str) -> type[Stepper]:
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     if key in SOLVERS:
         return SOLVERS[key]
@@ -48,18 +49,18 @@ def get_class(name: str) -> type[Solver]:
     )
 
 
-def make(solver: Union[str, Solver, type[Solver]], **options: Any) -> Solver:
+def make(solver: Union[str, Stepper, type[Stepper]], **options: Any) -> Stepper:
     """Build a solver from a registry name, a class, or pass an instance through.
 
     Raises:
         UnknownSolverError: unknown name, listing the close ones.
         TypeError: an option the solver does not take, listing those it does.
     """
-    if isinstance(solver, Solver):
+    if isinstance(solver, Stepper):
         if options:
             raise TypeError(f"options {sorted(options)} given with a solver instance; set them on the instance.")
         return solver
-    cls = solver if isinstance(solver, type) and issubclass(solver, Solver) else get_class(str(solver))
+    cls = solver if isinstance(solver, type) and issubclass(solver, Stepper) else get_class(str(solver))
     valid = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = [k for k in options if k not in valid]
     if unknown:

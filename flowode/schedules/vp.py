@@ -1,177 +1,34 @@
-"""Noise schedules and the maps between native time ``t``, ``sigma`` and ``lambda``.
+"""Variance-preserving schedules: discrete DDPM (linear, scaled-linear, cosine, from betas, zero
+terminal SNR) and continuous VP-SDE (linear beta, cosine).
 
-Notation (DESIGN.md section 1). A variance-preserving (VP) forward process is
-
-    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
-
-with signal scale ``alpha_t = sqrt(abar_t)``, the DDIM noise level
-``sigma_t = sqrt((1 - abar_t) / abar_t)`` (noise-to-signal ratio, Song et al. 2021, eq. 14)
-and the half log-SNR ``lambda_t = -log sigma_t`` (Lu et al. 2022, DPM-Solver, sec. 3.1).
-Variance-exploding (VE) and EDM schedules have ``alpha = 1`` and their own ``sigma``.
-
-Every schedule therefore maps to the same ``(xbar, sigma)`` picture with ``xbar = x / alpha``;
-solvers only ever need ``alpha`` as a function of ``sigma`` (:meth:`Schedule.alpha_from_sigma`),
-which depends on the family (VP or VE) but not on the particular schedule.
-
-All time-like quantities are computed in float64, whatever dtype the state uses.
+A VP forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` has ``alpha = sqrt(abar)``,
+``sigma = sqrt((1 - abar) / abar)`` and so ``alpha = 1/sqrt(1 + sigma^2)`` whatever the schedule.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Union
 
 import torch
 from torch import Tensor
 
-Number = Union[float, int, Tensor]
+from .base import Number, Schedule, _f64, _like
 
-__all__ = [
-    "Schedule",
-    "VPSchedule",
-    "DiscreteVPSchedule",
-    "LinearVPSchedule",
-    "CosineVPSchedule",
-    "VESchedule",
-    "EDMSchedule",
-    "sigma_to_lambda",
-    "lambda_to_sigma",
-]
-
-
-def _f64(value: Number) -> Tensor:
-    """Return ``value`` as a float64 tensor (time-like quantities are always float64)."""
-    if isinstance(value, Tensor):
-        return value.to(torch.float64)
-    return torch.tensor(float(value), dtype=torch.float64)
-
-
-def _like(result: Tensor, value: Number) -> Number:
-    """Return a Python float when the caller passed a Python number, else the tensor."""
-    if isinstance(value, Tensor):
-        return result
-    return float(result)
-
-
-def sigma_to_lambda(sigma: Number) -> Number:
-    """Half log-SNR ``lambda = -log(sigma)``; ``sigma = 0`` maps to ``+inf``."""
-    return _like(-torch.log(_f64(sigma)), sigma)
-
-
-def lambda_to_sigma(lam: Number) -> Number:
-    """Inverse of :func:`sigma_to_lambda`: ``sigma = exp(-lambda)``."""
-    return _like(torch.exp(-_f64(lam)), lam)
-
-
-class Schedule:
-    """A noise schedule: ``sigma(t)``, its inverse ``t(sigma)`` and ``alpha`` as a function of ``sigma``.
-
-    Subclasses implement :meth:`_sigma`, :meth:`_t` and :meth:`_dsigma_dt` on float64 tensors; the
-    public methods accept Python numbers or tensors and return the same kind.
-
-    Attributes:
-        family: ``"vp"`` (``alpha = 1 / sqrt(1 + sigma^2)``) or ``"ve"`` (``alpha = 1``).
-        t_min, t_max: the native time range on which the network was trained.
-        discrete: ``True`` when the network was trained on integer timesteps.
-    """
-
-    family: str = "vp"
-    discrete: bool = False
-    t_min: float = 0.0
-    t_max: float = 1.0
-    default_spacing: str = "uniform_t"
-
-    # ---------------------------------------------------------------- subclass hooks
-    def _sigma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _t(self, sigma: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _dsigma_dt(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    # ---------------------------------------------------------------- public maps
-    def sigma(self, t: Number) -> Number:
-        """Noise level ``sigma`` at native time ``t`` (float or tensor, float64 result)."""
-        return _like(self._sigma(_f64(t)), t)
-
-    def t(self, sigma: Number) -> Number:
-        """Native time at noise level ``sigma``; exact inverse of :meth:`sigma`."""
-        return _like(self._t(_f64(sigma)), sigma)
-
-    def lam(self, t: Number) -> Number:
-        """Half log-SNR ``lambda_t = -log sigma_t``."""
-        return _like(-torch.log(self._sigma(_f64(t))), t)
-
-    def t_from_lambda(self, lam: Number) -> Number:
-        """Inverse of :meth:`lam`."""
-        return _like(self._t(torch.exp(-_f64(lam))), lam)
-
-    def alpha(self, t: Number) -> Number:
-        """Signal scale ``alpha_t`` (``sqrt(abar_t)`` for VP, 1 for VE)."""
-        return _like(torch.as_tensor(self.alpha_from_sigma(self._sigma(_f64(t)))), t)
-
-    def dsigma_dt(self, t: Number) -> Number:
-        """Derivative ``d sigma / d t`` (piecewise constant slope for discrete schedules)."""
-        return _like(self._dsigma_dt(_f64(t)), t)
-
-    def dlog_alpha_dt(self, t: Number) -> Number:
-        """Derivative ``d log alpha / d t`` by the chain rule through ``sigma``."""
-        tt = _f64(t)
-        s = self._sigma(tt)
-        return _like(self.dlog_alpha_dsigma(s) * self._dsigma_dt(tt), t)
-
-    def alpha_from_sigma(self, sigma: Number) -> Number:
-        """``alpha`` as a function of ``sigma``: ``1/sqrt(1+sigma^2)`` (VP) or 1 (VE)."""
-        s = _f64(sigma)
-        if self.family == "vp":
-            out = torch.rsqrt(1.0 + s * s)
-        else:
-            out = torch.ones_like(s)
-        return _like(out, sigma)
-
-    def std_from_sigma(self, sigma: Number) -> Number:
-        """Marginal standard deviation of the noise in ``x``: ``alpha * sigma``.
-
-        Written as ``1/sqrt(1 + sigma^-2)`` for VP so that ``sigma = inf`` (zero terminal SNR)
-        gives 1 and ``sigma = 0`` gives 0 without ``0 * inf``.
-        """
-        s = _f64(sigma)
-        if self.family == "vp":
-            out = torch.rsqrt(1.0 + torch.reciprocal(s * s))
-        else:
-            out = s.clone()
-        return _like(out, sigma)
-
-    def dlog_alpha_dsigma(self, sigma: Number) -> Number:
-        """``d log alpha / d sigma``: ``-sigma / (1 + sigma^2)`` for VP, 0 for VE."""
-        s = _f64(sigma)
-        out = -s / (1.0 + s * s) if self.family == "vp" else torch.zeros_like(s)
-        return _like(out, sigma)
-
-    @functools.cached_property  # schedules are immutable; the discrete one interpolates (slow)
-    def sigma_min(self) -> float:
-        """Smallest noise level the network was trained on (``sigma(t_min)``)."""
-        return float(self._sigma(_f64(self.t_min)))
-
-    @functools.cached_property  # schedules are immutable; the discrete one interpolates (slow)
-    def sigma_max(self) -> float:
-        """Largest noise level the network was trained on (``sigma(t_max)``); may be ``inf``."""
-        return float(self._sigma(_f64(self.t_max)))
-
-    def __repr__(self) -> str:  # pragma: no cover - cosmetic
-        return (
-            f"{type(self).__name__}(family={self.family!r}, t=[{self.t_min:g}, {self.t_max:g}], "
-            f"sigma=[{self.sigma_min:.4g}, {self.sigma_max:.4g}])"
-        )
+__all__ = ["VPSchedule", "DiscreteVPSchedule", "LinearVPSchedule", "CosineVPSchedule", "rescale_zero_terminal_snr"]
 
 
 class VPSchedule(Schedule):
-    """Variance-preserving schedule: ``alpha = 1/sqrt(1 + sigma^2)``."""
+    """Variance-preserving schedule: ``alpha = 1/sqrt(1 + sigma^2)``, ``std = alpha * sigma``."""
 
-    family = "vp"
+    def _alpha(self, sigma: Tensor) -> Tensor:
+        return torch.rsqrt(1.0 + sigma * sigma)
+
+    def _std(self, sigma: Tensor) -> Tensor:
+        # 1/sqrt(1 + sigma^-2): sigma = inf (zero terminal SNR) gives 1 and sigma = 0 gives 0, no 0 * inf
+        return torch.rsqrt(1.0 + torch.reciprocal(sigma * sigma))
+
+    def _dlog_alpha_dsigma(self, sigma: Tensor) -> Tensor:
+        return -sigma / (1.0 + sigma * sigma)
 
     def alphas_cumprod(self, t: Number) -> Number:
         """``abar_t = alpha_t^2 = 1 / (1 + sigma_t^2)``."""
@@ -273,6 +130,12 @@ class DiscreteVPSchedule(VPSchedule):
     def alphas_cumprod_knots(self) -> Tensor:
         """``abar_n`` at the integer timesteps, float64."""
         return torch.exp(self.log_alphas_cumprod)
+
+    def kinks(self, t0: float, t1: float) -> list[float]:
+        """The integer timesteps strictly between ``t0`` and ``t1``: ``log abar`` is piecewise linear
+        between them, so ``d sigma / d t`` jumps there."""
+        lo, hi = min(t0, t1), max(t0, t1)
+        return [float(v) for v in range(math.floor(lo) + 1, math.ceil(hi)) if lo < v < hi]
 
     @property
     def zero_terminal_snr(self) -> bool:
@@ -430,49 +293,3 @@ class CosineVPSchedule(VPSchedule):
         tan_phi = torch.reciprocal(torch.tan((1 - t) / (1 + self.s) * (math.pi / 2)))
         dneg = 2 * tan_phi * (math.pi / (2 * (1 + self.s)))
         return (1 + s * s) * dneg / (2 * s)
-
-
-# ---------------------------------------------------------------------------------------------
-class VESchedule(Schedule):
-    """Variance-exploding schedule, geometric in ``t in [0, 1]``:
-    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` (Song et al. 2021, score-SDE, eq. 31)."""
-
-    family = "ve"
-
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < `sigma_min` < `sigma_max`, got {sigma_min}, {sigma_max}.")
-        self._smin, self._smax = float(sigma_min), float(sigma_max)
-        self._log_ratio = math.log(self._smax / self._smin)
-        self.t_min, self.t_max = 0.0, 1.0
-        self.default_spacing = "karras"
-
-    def _sigma(self, t: Tensor) -> Tensor:
-        return self._smin * torch.exp(t * self._log_ratio)
-
-    def _t(self, sigma: Tensor) -> Tensor:
-        return torch.log(sigma / self._smin) / self._log_ratio
-
-    def _dsigma_dt(self, t: Tensor) -> Tensor:
-        return self._sigma(t) * self._log_ratio
-
-
-class EDMSchedule(Schedule):
-    """EDM schedule (Karras et al. 2022, Table 1): ``sigma(t) = t``, ``alpha = 1``."""
-
-    family = "ve"
-
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < `sigma_min` < `sigma_max`, got {sigma_min}, {sigma_max}.")
-        self.t_min, self.t_max = float(sigma_min), float(sigma_max)
-        self.default_spacing = "karras"
-
-    def _sigma(self, t: Tensor) -> Tensor:
-        return t.clone()
-
-    def _t(self, sigma: Tensor) -> Tensor:
-        return sigma.clone()
-
-    def _dsigma_dt(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)

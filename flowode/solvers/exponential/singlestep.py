@@ -1,0 +1,160 @@
+"""Single-step exponential integrators: DPM-Solver-1/2/3 (noise prediction) and DPM-Solver++(2S)
+(data prediction). Each is a stepper without state; the updates are :mod:`.updates`.
+
+Steps that touch ``sigma = 0`` or start at ``sigma = inf`` (infinite ``h``) are the DDIM step of the
+boundary policy; for the data-prediction solvers that equals their own first-order step there
+(``x0_hat(x_s)`` at ``sigma_t = 0``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..base import SolverError, Step, Stepper
+from ..registry import register
+from .updates import data_first_order, noise_first_order
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import Run
+
+__all__ = ["DPMSolver1", "DPMSolver2", "DPMSolver3", "DPMSolverPP2S"]
+
+
+@register
+@dataclass
+class DPMSolver1(Stepper):
+    """DPM-Solver-1 (Lu et al. 2022, NeurIPS, eq. 3.7), order 1, one evaluation per step:
+    ``x_t = (alpha_t/alpha_s) x_s - std_t expm1(h) eps_s``. Mathematically identical to DDIM
+    (eta = 0); written in exponential-integrator form."""
+
+    name = "dpm_solver_1"
+    order = 1
+    nfe_per_step = 1.0
+    source = "Lu et al., DPM-Solver, NeurIPS 2022, eq. 3.7 (DPM-Solver-1 = DDIM)"
+    default_spacing = "logsnr"
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        pred = run.predict(x, sigma)
+        return Step(noise_first_order(run.alpha, x, sigma, sigma_next, pred.eps), None, pred)
+
+
+@register
+@dataclass
+class DPMSolver2(Stepper):
+    """DPM-Solver-2 (Lu et al. 2022, NeurIPS, Algorithm 1), order 2, two evaluations per step.
+
+    With ``lambda_u = lambda_s + r1 h``::
+
+        u   = (alpha_u/alpha_s) x_s - std_u expm1(r1 h) eps_s
+        x_t = (alpha_t/alpha_s) x_s - std_t expm1(h) eps_s - std_t/(2 r1) expm1(h) (eps(u) - eps_s)
+
+    Options:
+        r1: position of the intermediate point in ``lambda`` (0 < r1 <= 1); default 1/2.
+    """
+
+    r1: float = 0.5
+    name = "dpm_solver_2"
+    order = 2
+    nfe_per_step = 2.0
+    source = "Lu et al., DPM-Solver, NeurIPS 2022, Algorithm 1 (DPM-Solver-2)"
+    default_spacing = "logsnr"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.r1 <= 1.0:
+            raise SolverError(f"`r1` must lie in (0, 1], got {self.r1}.")
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        s, t = sigma, sigma_next
+        h = math.log(s / t)
+        su = s * math.exp(-self.r1 * h)
+        pred = run.predict(x, s)
+        eps_s = pred.eps
+        u = noise_first_order(run.alpha, x, s, su, eps_s)
+        eps_u = run.predict(u, su).eps
+        a_s, a_t = run.alpha(s), run.alpha(t)
+        c = a_t * t * math.expm1(h)
+        out = torch.add(x * (a_t / a_s), eps_s, alpha=-c)
+        return Step(out.add(eps_u - eps_s, alpha=-c / (2.0 * self.r1)), None, pred)
+
+
+@register
+@dataclass
+class DPMSolver3(Stepper):
+    """DPM-Solver-3 (Lu et al. 2022, NeurIPS, Algorithm 2), order 3, three evaluations per step.
+
+    With ``lambda_{s_k} = lambda_s + r_k h`` (``r1 = 1/3``, ``r2 = 2/3``)::
+
+        u1  = (alpha_1/alpha_s) x_s - std_1 expm1(r1 h) eps_s
+        D1  = eps(u1) - eps_s
+        u2  = (alpha_2/alpha_s) x_s - std_2 expm1(r2 h) eps_s - std_2 (r2/r1) (expm1(r2 h)/(r2 h) - 1) D1
+        D2  = eps(u2) - eps_s
+        x_t = (alpha_t/alpha_s) x_s - std_t expm1(h) eps_s - (std_t/r2) (expm1(h)/h - 1) D2
+    """
+
+    name = "dpm_solver_3"
+    order = 3
+    nfe_per_step = 3.0
+    source = "Lu et al., DPM-Solver, NeurIPS 2022, Algorithm 2 (DPM-Solver-3), r1=1/3, r2=2/3"
+    default_spacing = "logsnr"
+    r1 = 1.0 / 3.0
+    r2 = 2.0 / 3.0
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        s, t, r1, r2 = sigma, sigma_next, self.r1, self.r2
+        h = math.log(s / t)
+        s1, s2 = s * math.exp(-r1 * h), s * math.exp(-r2 * h)
+        a_s, a_1, a_2, a_t = run.alpha(s), run.alpha(s1), run.alpha(s2), run.alpha(t)
+        pred = run.predict(x, s)
+        eps_s = pred.eps
+        u1 = torch.add(x * (a_1 / a_s), eps_s, alpha=-a_1 * s1 * math.expm1(r1 * h))
+        d1 = run.predict(u1, s1).eps - eps_s
+        phi_12 = math.expm1(r2 * h)
+        u2 = torch.add(x * (a_2 / a_s), eps_s, alpha=-a_2 * s2 * phi_12)
+        u2 = u2.add(d1, alpha=-a_2 * s2 * (r2 / r1) * (phi_12 / (r2 * h) - 1.0))
+        d2 = run.predict(u2, s2).eps - eps_s
+        phi_1 = math.expm1(h)
+        out = torch.add(x * (a_t / a_s), eps_s, alpha=-a_t * t * phi_1)
+        return Step(out.add(d2, alpha=-(a_t * t / r2) * (phi_1 / h - 1.0)), None, pred)
+
+
+@register
+@dataclass
+class DPMSolverPP2S(Stepper):
+    """DPM-Solver++(2S) (Lu et al. 2022b, arXiv 2211.01095, Algorithm 1), order 2, two evaluations
+    per step, data prediction. With ``lambda_u = lambda_s + r h``::
+
+        u   = (std_u/std_s) x_s - alpha_u expm1(-r h) x0_s
+        D   = (1 - 1/(2r)) x0_s + 1/(2r) x0(u)
+        x_t = (std_t/std_s) x_s - alpha_t expm1(-h) D
+
+    A step to ``sigma = 0`` is the first-order step (returns ``x0_hat(x_s)``, one evaluation).
+
+    Options:
+        r: position of the intermediate point in ``lambda`` (0 < r <= 1); default 1/2.
+    """
+
+    r: float = 0.5
+    name = "dpm_solver++_2s"
+    order = 2
+    nfe_per_step = 2.0
+    source = "Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 1 (DPM-Solver++(2S)), r=1/2"
+    default_spacing = "logsnr"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.r <= 1.0:
+            raise SolverError(f"`r` must lie in (0, 1], got {self.r}.")
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        s, t = sigma, sigma_next
+        pred = run.predict(x, s)
+        h = math.log(s / t)
+        su = s * math.exp(-self.r * h)
+        u = data_first_order(run.alpha, x, s, su, pred.x0)
+        x0_u = run.predict(u, su).x0
+        d = torch.add(pred.x0 * (1.0 - 0.5 / self.r), x0_u, alpha=0.5 / self.r)
+        return Step(data_first_order(run.alpha, x, s, t, d), None, pred)

@@ -1,0 +1,145 @@
+"""PLMS / PNDM and iPNDM: constant-step linear multistep methods on the DDIM transfer.
+
+Both are written in the DDIM picture ``(xbar, sigma)`` (DESIGN.md sec. 2), where the probability-flow
+ODE is ``d xbar / d sigma = eps``; the transfer part ``phi(x, e, sigma -> sigma')`` is the DDIM step
+with noise estimate ``e`` (:func:`~flowode.solvers.ddim.ddim_transfer`, Liu et al. 2022 eq. 9 = DDIM
+eq. 12), finite at ``sigma' = 0`` (``xbar - sigma e``), so a step to ``sigma = 0`` is their own step.
+
+* **PLMS / PNDM** (Liu, Ren, Lin & Zhao, ICLR 2022): the gradient part replaces ``e`` by the
+  *constant-step* Adams-Bashforth-4 combination ``(55 e_0 - 59 e_1 + 37 e_2 - 9 e_3) / 24`` of the
+  last predictions (sec. 3.3, eq. 11-13). Warm start: three pseudo Runge-Kutta steps (``phi`` at the
+  half step in native time and the full step, weights 1/6, 1/3, 1/3, 1/6; 4 evaluations each,
+  F-PNDM), or with ``skip_prk_steps=True`` diffusers' pseudo-Heun first step then pseudo AB2, AB3, AB4.
+* **iPNDM** (Zhang & Chen, ICLR 2023, appendix; diffusers' ``IPNDMScheduler``): the same transfer
+  with constant-step AB weights of order ``min(order, #history)``, no Runge-Kutta start.
+
+The solver state is the tuple of past noise predictions (newest last). A step from ``sigma = inf``
+is the boundary DDIM step and its ``eps`` joins the history (as diffusers' ``IPNDMScheduler``
+keeps it); a step from ``sigma = 0`` (an encode's first) is a boundary step whose ``eps`` does not.
+
+Constant-step weights on a non-uniform grid: the extrapolated ``eps`` has a per-step error
+``O(h (h_k/h_{k-1} - 1))``, so on a smoothly graded grid PLMS and iPNDM are second order in
+``sigma``; on a grid uniform in ``sigma`` they reach their nominal order (tests/test_multistep.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from torch import Tensor
+
+from ...models import Prediction
+from ..base import SolverError, Step, Stepper
+from ..boundary import Boundary
+from ..ddim import ddim_transfer
+from ..registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import Run
+
+__all__ = ["PLMS", "IPNDM", "AB_CONSTANT"]
+
+# Constant-step Adams-Bashforth weights, newest first (Hairer, Norsett & Wanner I, III.1, Table 1.1).
+AB_CONSTANT: dict[int, tuple[float, ...]] = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+def _combine(hist: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """``sum_j weights[j] * hist[-1 - j]`` (newest first)."""
+    out = hist[-1] * weights[0]
+    for j in range(1, len(weights)):
+        out = out.add(hist[-1 - j], alpha=weights[j])
+    return out
+
+
+def _transfer(run: "Run", x: Tensor, sigma: float, sigma_next: float, e: Tensor) -> Tensor:
+    return ddim_transfer(x, e, run.alpha(sigma), run.alpha(sigma_next), sigma, sigma_next)
+
+
+class _EpsHistory(Stepper):
+    """Shared by PLMS and iPNDM: the history of noise predictions, kept across a step from inf."""
+
+    multistep = True
+
+    def native(self, kind: Boundary) -> bool:
+        return kind is Boundary.TO_ZERO
+
+    def init(self, run: "Run") -> Any:
+        return ()
+
+    def after_boundary(self, run: "Run", state: Any, kind: Boundary, sigma: float, pred: Prediction) -> Any:
+        return state + (pred.eps,) if kind is Boundary.FROM_INF else state
+
+
+@register
+@dataclass
+class PLMS(_EpsHistory):
+    """PNDM / PLMS (Liu et al., ICLR 2022, eq. 11-13). Order 4 on grids uniform in ``sigma``
+    (2 on smoothly graded grids: constant-step weights), 1 evaluation per step after the warm-up.
+
+    Options:
+        skip_prk_steps: ``False`` (default): F-PNDM, the first three steps are pseudo Runge-Kutta
+            steps with 4 evaluations each (half steps in native time ``t``, as in the paper
+            and diffusers). ``True``: diffusers' ``skip_prk_steps=True`` -- a pseudo-Heun first
+            step (2 evaluations), then pseudo AB2, AB3 and AB4.
+
+    NFE on ``S`` steps with no boundary step: ``S + 9`` (F-PNDM, ``S >= 3``) or ``S + 1`` (skip PRK).
+    A warm-up step that ends at ``sigma = 0`` is a plain (1-evaluation) pseudo-AB step.
+    """
+
+    skip_prk_steps: bool = False
+    name = "plms"
+    order = 4
+    nfe_per_step = 1.0
+    source = "Liu et al., PNDM, ICLR 2022, eq. 9 (transfer part) and eq. 11-13 (pseudo RK / linear multistep)"
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        pred = run.predict(x, sigma)
+        e1 = pred.eps
+        hist = state + (e1,)
+        n_before = len(state)
+        if sigma_next != 0.0 and not self.skip_prk_steps and n_before < 3:
+            fld = run.field("t")  # the half step of the pseudo Runge-Kutta method is in native time
+            mid = fld.sigma_of_s(0.5 * (fld.s_of_sigma(sigma) + fld.s_of_sigma(sigma_next)))
+            e2 = run.predict(_transfer(run, x, sigma, mid, e1), mid).eps
+            e3 = run.predict(_transfer(run, x, sigma, mid, e2), mid).eps
+            e4 = run.predict(_transfer(run, x, sigma, sigma_next, e3), sigma_next).eps
+            e = (e1 + 2 * e2 + 2 * e3 + e4) / 6
+            return Step(_transfer(run, x, sigma, sigma_next, e), hist, pred, None, {"warmup": "prk"})
+        if sigma_next != 0.0 and self.skip_prk_steps and n_before == 0:
+            e2 = run.predict(_transfer(run, x, sigma, sigma_next, e1), sigma_next).eps
+            return Step(_transfer(run, x, sigma, sigma_next, (e1 + e2) / 2), hist, pred, None, {"warmup": "heun"})
+        hist = hist[-4:]
+        return Step(_transfer(run, x, sigma, sigma_next, _combine(hist, AB_CONSTANT[len(hist)])), hist, pred)
+
+
+@register
+@dataclass
+class IPNDM(_EpsHistory):
+    """Improved PNDM (Zhang & Chen, DEIS, ICLR 2023, appendix; diffusers' ``IPNDMScheduler``):
+    the DDIM transfer with constant-step Adams-Bashforth weights of order ``min(order, n)`` where
+    ``n`` is the number of predictions so far (lower-order warm-up, no Runge-Kutta start).
+    1 evaluation per step. Order ``order`` on grids uniform in ``sigma``, 2 on graded grids.
+
+    Options:
+        order: 1-4 (default 4).
+    """
+
+    order: int = 4  # type: ignore[misc]
+    name = "ipndm"
+    nfe_per_step = 1.0
+    source = "Zhang & Chen, DEIS, ICLR 2023, appendix (iPNDM); diffusers IPNDMScheduler"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.order, bool) or self.order not in (1, 2, 3, 4):
+            raise SolverError(f"`order` of ipndm must be 1, 2, 3 or 4, got {self.order!r}.")
+
+    def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        pred = run.predict(x, sigma)
+        hist = (state + (pred.eps,))[-self.order:]
+        return Step(_transfer(run, x, sigma, sigma_next, _combine(hist, AB_CONSTANT[len(hist)])), hist, pred)

@@ -1,0 +1,106 @@
+"""What a stepper may use during one call of the driver: :class:`Run`.
+
+The driver builds one ``Run`` per :func:`flowode.integrate` call. It is the only way a stepper
+evaluates the model, so the count of evaluations (``run.nfe``), the evaluation budget of adaptive
+solvers and the error messages that name the step all live here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..field import ProbabilityFlow
+from ..models import EpsilonModel, Prediction
+
+__all__ = ["Run", "BudgetExhausted"]
+
+
+class BudgetExhausted(Exception):
+    """Internal: the evaluation budget (``max_nfe``) of an adaptive solve is used up."""
+
+
+class Run:
+    """The per-call context of a solve.
+
+    Attributes:
+        model: the model (steppers call :meth:`predict`, not the model).
+        grid: the validated grid as Python floats.
+        generator: the ``torch.Generator`` of every random draw (``None``: torch's global RNG).
+        nfe: evaluations so far in this call (every network evaluation, rejected steps included).
+        step: index of the step being taken (the driver sets it; error messages name it).
+        max_nfe: evaluation budget (adaptive solvers), or ``None``.
+        check_calls: test every network output for NaN / Inf (else the driver checks the state).
+    """
+
+    def __init__(self, model: EpsilonModel, grid: list[float], *, generator: Optional[torch.Generator] = None,
+                 max_nfe: Optional[int] = None, check_calls: bool = False) -> None:
+        self.model = model
+        self.grid = grid
+        self.generator = generator
+        self.nfe = 0
+        self.step = 0
+        self.max_nfe = max_nfe
+        self.check_calls = check_calls
+        self._fields: dict[str, ProbabilityFlow] = {}
+        self._alphas: dict[float, float] = {}
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.grid) - 1
+
+    @property
+    def decreasing(self) -> bool:
+        """True when integrating towards the data (sampling / decoding)."""
+        return self.grid[0] > self.grid[-1]
+
+    @property
+    def sigma_min(self) -> float:
+        """The smallest noise level the model was trained on."""
+        return self.model.schedule.sigma_min
+
+    def predict(self, x: Tensor, sigma: Union[float, Tensor]) -> Prediction:
+        """One counted, checked model evaluation (``sigma``: a float, or per-sample ``(B,)`` levels)."""
+        if self.max_nfe is not None and self.nfe >= self.max_nfe:
+            raise BudgetExhausted
+        pred = self.model.predict(x, sigma, check=self.check_calls, step=self.step)
+        self.nfe += 1
+        return pred
+
+    def alpha(self, sigma: float) -> float:
+        """``alpha(sigma)``, memoised per level."""
+        a = self._alphas.get(sigma)
+        if a is None:
+            a = self._alphas[sigma] = self.model.coefficients(sigma)[0]
+        return a
+
+    def field(self, coordinates: str) -> ProbabilityFlow:
+        """The probability-flow field in ``coordinates``, evaluating through :meth:`predict`."""
+        fld = self._fields.get(coordinates)
+        if fld is None:
+            fld = ProbabilityFlow(self.model, coordinates, self.predict)
+            self._fields[coordinates] = fld
+        return fld
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``x`` from this run's random stream."""
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+    def rng_state(self, device: torch.device) -> Any:
+        """A snapshot of the random stream (to replay steps exactly)."""
+        if self.generator is not None:
+            return self.generator.get_state()
+        if device.type == "cuda":
+            return torch.cuda.get_rng_state(device)
+        return torch.get_rng_state()
+
+    def set_rng_state(self, state: Any, device: torch.device) -> None:
+        if self.generator is not None:
+            self.generator.set_state(state)
+        elif device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+
