@@ -175,8 +175,8 @@ class _Start:
                 if not _finite(x):
                     raise SolverError(
                         f"the state became NaN/Inf at step {i} (sigma {grid[i]:.6g} -> {grid[i + 1]:.6g}) although "
-                        f"every network output was finite: the solver's update overflowed ({x.dtype}). Take smaller steps, "
-                        "or run the state in float64."
+                        f"every network output was finite: the solver's update overflowed ({x.dtype}). Take smaller "
+                        "steps, or run the state in float64."
                     )
         finally:
             run.check_calls = False
