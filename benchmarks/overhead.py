@@ -10,9 +10,17 @@ schedule, trailing grid) with a nearly free model ``eps = 0.1 * x`` and reports 
 * ``diffusers DDIMScheduler`` / ``DPMSolverMultistepScheduler`` loops, when diffusers is installed;
 * ``k-diffusion sample_euler`` / ``sample_dpmpp_2m``, when k-diffusion is installed;
 
-each the median of ``--repeats`` runs, run in interleaved order (so load drift hits all alike). The
-overhead of a loop is its step time minus one model call; it is also reported as a share of one
-forward pass of a small conv net (3 -> 64 -> 64 -> 3 channels, 3x3 convolutions, SiLU) on the batch.
+each the median of ``--repeats`` runs, run in a shuffled order every round (so load drift and the
+allocator state left by the previous loop hit all alike); "vs floor" is the median over rounds of
+the per-round ratio to the floor (paired, so slow rounds cancel). The overhead of a loop is its step
+time minus one model call; it is also reported as a share of one forward pass of a small conv net
+(3 -> 64 -> 64 -> 3 channels, 3x3 convolutions, SiLU) on the batch.
+
+Allocator: by default (``--malloc pin``) glibc's mmap and trim thresholds are raised at start
+(``mallopt``), so every loop reuses heap memory instead of mapping fresh pages for each 786 KB
+tensor; with glibc's defaults (``--malloc default``) first-touch page faults, which depend on the
+order the loops ran in, move every row by +-15 % between runs on this machine. The pinning applies to
+every row alike.
 
 Usage:  OMP_NUM_THREADS=1 python benchmarks/overhead.py [--steps 50] [--repeats 15] [--device cpu]
 """
@@ -20,7 +28,10 @@ Usage:  OMP_NUM_THREADS=1 python benchmarks/overhead.py [--steps 50] [--repeats 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import math
+import random
 import statistics
 import time
 from typing import Callable
@@ -49,6 +60,18 @@ def textbook_loop(x: torch.Tensor, abars: list[tuple[float, float]], ts: list[to
     return x
 
 
+def pin_malloc() -> bool:
+    """Raise glibc's mmap / trim thresholds (M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-3, 256 << 20)) and bool(libc.mallopt(-1, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -61,7 +84,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--malloc", choices=("pin", "default"), default="pin",
+                    help="pin glibc's mmap/trim thresholds (default) or keep glibc's defaults")
     args = ap.parse_args()
+    pinned = pin_malloc() if args.malloc == "pin" else False
     dev = torch.device(args.device)
     # CPU: the benchmark thread's own CPU time (time.thread_time), which a machine shared with other
     # jobs inflates far less than wall-clock time; GPU: wall-clock time (the GPU works asynchronously).
@@ -144,8 +170,12 @@ def main() -> None:
             fn()
         times: dict[str, list[float]] = {k: [] for k in runs}
         walls: dict[str, list[float]] = {k: [] for k in runs}
+        order = random.Random(0)
         for _ in range(args.repeats):
-            for k, fn in runs.items():
+            keys = list(runs)
+            order.shuffle(keys)
+            for k in keys:
+                fn = runs[k]
                 _sync(dev)
                 t0, c0 = time.perf_counter(), clock()
                 fn()
@@ -170,20 +200,23 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     model_t = statistics.median(m_times)
     conv_t = statistics.median(c_times)
-    floor = med["hand-written DDIM loop, fused (floor)"]
+    floor_key = "hand-written DDIM loop, fused (floor)"
+    floor = med[floor_key]
+    ratio = {k: statistics.median(a / b for a, b in zip(v, times[floor_key])) for k, v in times.items()}
+    wratio = {k: statistics.median(a / b for a, b in zip(v, walls[floor_key])) for k, v in walls.items()}
     print(f"device {dev}, batch ({args.batch}, 3, 32, 32) float32, {S} steps, median of {args.repeats} runs, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, malloc "
+          f"{'pinned' if pinned else 'glibc defaults'}")
     print(f"one cheap-model call: {model_t * 1e6:.1f} us; one small conv-net call: {conv_t * 1e3:.2f} ms\n")
     wmed = {k: statistics.median(v) for k, v in walls.items()}
-    wfloor = wmed["hand-written DDIM loop, fused (floor)"]
     print(f"times: {clock_name}\n")
     print("| loop | us / step | vs floor | overhead us / step (step - model call) | overhead / conv-net call | "
           "wall us / step | wall vs floor |")
     print("|---|---|---|---|---|---|---|")
     for k, v in med.items():
         over = v - model_t
-        print(f"| {k} | {v * 1e6:.1f} | {v / floor:.2f}x | {over * 1e6:.1f} | {over / conv_t * 100:.2f} % | "
-              f"{wmed[k] * 1e6:.1f} | {wmed[k] / wfloor:.2f}x |")
+        print(f"| {k} | {v * 1e6:.1f} | {ratio[k]:.2f}x | {over * 1e6:.1f} | {over / conv_t * 100:.2f} % | "
+              f"{wmed[k] * 1e6:.1f} | {wratio[k]:.2f}x |")
     print(f"\nmax |flowode ddim - floor| = {same:.2e}; max |flowode ddim - diffusers DDIM| = {vs_diffusers:.2e} "
           "(same arithmetic, float32)")
     for n in notes:

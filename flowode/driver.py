@@ -163,6 +163,8 @@ class _Start:
         """Replay steps ``0..last`` with every network output checked and raise the error of the
         first step whose network output or result is not finite."""
         run, grid = self.run, self.run.grid
+        if not _finite(self.x):
+            raise ValueError("`x` contains NaN or Inf.")
         run.check_calls = True
         if self.rng is not None:
             run.set_rng_state(self.rng, self.x.device)

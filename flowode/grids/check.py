@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,6 +33,22 @@ def check_grid(sigmas: Union[Tensor, Sequence[float], np.ndarray], schedule: Opt
         s = sigmas.detach().to("cpu", torch.float64)
     else:
         s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+    key = (tuple(s.tolist()), id(schedule), name) if s.dim() == 1 else None
+    if key is not None and key in _VALID:  # a sampling loop validates the same grid on every call
+        return s
+    out = _check(s, schedule, name)
+    if key is not None:
+        if len(_VALID) > 1024:
+            _VALID.clear()
+        _VALID[key] = schedule  # the reference keeps the schedule's id from being reused
+    return out
+
+
+#: grids already validated, by (levels, id(schedule), name) -> schedule (schedules are immutable)
+_VALID: dict[tuple[Any, ...], Optional[Schedule]] = {}
+
+
+def _check(s: Tensor, schedule: Optional[Schedule], name: str) -> Tensor:
     if s.dim() != 1 or s.numel() < 2:
         raise GridError(f"`{name}` must be a 1-D sequence of at least 2 noise levels, got shape {tuple(s.shape)}.")
     if torch.isnan(s).any():
