@@ -12,7 +12,7 @@ evaluations, for a user's own bookkeeping; flowode never reads or resets it.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -126,7 +126,6 @@ class EpsilonModel:
         self.network_passes = 0
         self._coef_cache: dict[float, tuple[float, float]] = {}
         self._t_cache: dict[float, float] = {}
-        self._t_tensors: dict[tuple[Any, ...], tuple[Tensor, int]] = {}
         self._coef_owner: Optional[Schedule] = None
 
     def reset_nfe(self) -> None:
@@ -143,7 +142,6 @@ class EpsilonModel:
         if self._coef_owner is not self.schedule or len(cache) > 65536:  # schedule swapped / unbounded grids
             cache.clear()
             self._t_cache.clear()
-            self._t_tensors.clear()
             self._coef_owner = self.schedule
         hit = cache.get(sigma)
         if hit is None:
@@ -165,19 +163,12 @@ class EpsilonModel:
         return t
 
     def _timesteps(self, x: Tensor, sigma: Level) -> Tensor:
-        """The network's ``t`` argument: one native timestep per sample. The tensor for a shared
-        level is reused across calls (a sampling loop asks for the same few levels every run) unless
-        the network modified it in place (its version counter moved) or the cache is full."""
+        """The network's ``t`` argument: one native timestep per sample (a fresh tensor per call:
+        caching these small tensors across steps pinned the heap between the network's large
+        activations and made peak memory grow with the number of steps, benchmarks/memory.py)."""
         if isinstance(sigma, Tensor):
             return torch.as_tensor(self.schedule.t(sigma.detach().to("cpu", torch.float64))).to(x)
-        key = (sigma, x.shape[0], x.dtype, x.device)
-        hit = self._t_tensors.get(key)
-        if hit is not None and hit[0]._version == hit[1]:
-            return hit[0]
-        t = torch.full((x.shape[0],), self.timestep(sigma), dtype=x.dtype, device=x.device)
-        if len(self._t_tensors) < 4096:
-            self._t_tensors[key] = (t, t._version)
-        return t
+        return torch.full((x.shape[0],), self.timestep(sigma), dtype=x.dtype, device=x.device)
 
     # ----------------------------------------------------------------------------- network
     def network(self, x: Tensor, sigma: Level) -> Tensor:

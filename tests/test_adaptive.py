@@ -27,7 +27,8 @@ GRID = torch.tensor([10.0, 0.1], dtype=F64)
 
 TORCHDIFFEQ = ["dopri5", "bosh3", "adaptive_heun", "dopri8"]
 SCIPY = ["scipy_rk45", "scipy_dop853", "scipy_lsoda"]
-ALL = TORCHDIFFEQ + SCIPY + ["bs23_per_sample"]
+OWN = ["bs23", "dp45", "bs23_per_sample"]  # flowode tableaux under the driver's PI controller
+ALL = TORCHDIFFEQ + SCIPY + OWN
 
 
 def _x(n: int = 16, seed: int = 0) -> torch.Tensor:
@@ -62,7 +63,7 @@ def test_error_scales_with_tolerance(solver):
     m = GAUSS.model(LVP)
     x = _x()
     ref = GAUSS.flow(x, 10.0, 0.1, LVP)
-    tols = [1e-4, 1e-5] if solver in ("adaptive_heun", "bs23_per_sample") else [1e-4, 1e-5, 1e-6, 1e-7]
+    tols = [1e-4, 1e-5] if solver in ("adaptive_heun", "bs23_per_sample", "bs23") else [1e-4, 1e-5, 1e-6, 1e-7]
     errs = []
     for tol in tols:
         sol = flowode.integrate(m, x, GRID, solver=solver, rtol=tol, atol=tol)
@@ -73,7 +74,7 @@ def test_error_scales_with_tolerance(solver):
     assert errs[-1] < errs[0] / (3 if len(tols) == 2 else 30), (solver, errs)
 
 
-@pytest.mark.parametrize("solver", ["dopri5", "bosh3", "scipy_rk45", "scipy_dop853"])
+@pytest.mark.parametrize("solver", ["dopri5", "bosh3", "scipy_rk45", "scipy_dop853", "bs23", "dp45"])
 @pytest.mark.parametrize("coordinates", ["lambda", "t"])
 def test_other_coordinates(solver, coordinates):
     m = GAUSS.model(LVP)
@@ -86,7 +87,8 @@ def test_other_coordinates(solver, coordinates):
     assert abs(sum(sol.stats["step_sizes"]) - length) < 1e-10 * abs(length)
 
 
-STAGES = {"dopri5": 6, "bosh3": 3, "adaptive_heun": 1, "dopri8": 13, "scipy_rk45": 6, "scipy_dop853": 12}
+STAGES = {"dopri5": 6, "bosh3": 3, "adaptive_heun": 1, "dopri8": 13, "scipy_rk45": 6, "scipy_dop853": 12,
+          "bs23": 3, "dp45": 6}
 
 
 @pytest.mark.parametrize("solver", ALL)
@@ -143,7 +145,7 @@ def test_trajectory_at_inner_levels():
     m = GAUSS.model(LVP)
     x = _x()
     grid = torch.tensor([10.0, 3.0, 1.0, 0.3, 0.0], dtype=F64)
-    for solver in ("dopri5", "scipy_dop853", "bs23_per_sample"):
+    for solver in ("dopri5", "scipy_dop853", "bs23_per_sample", "bs23", "dp45"):
         sol = flowode.integrate(m, x[:4], grid, solver=solver, rtol=1e-6, atol=1e-6, save_trajectory=True)
         assert sol.trajectory_sigmas.tolist() == [10.0, 3.0, 1.0, 0.3, LVP.sigma_min, 0.0]
         for i, s in enumerate([3.0, 1.0, 0.3]):
@@ -151,7 +153,7 @@ def test_trajectory_at_inner_levels():
             assert float((sol.trajectory[i + 1] - exact).abs().max()) < 1e-4, (solver, s)
 
 
-@pytest.mark.parametrize("solver", ["dopri5", "scipy_rk45", "scipy_lsoda", "bs23_per_sample"])
+@pytest.mark.parametrize("solver", ["dopri5", "scipy_rk45", "scipy_lsoda", "bs23_per_sample", "dp45"])
 def test_max_nfe(solver):
     m = GAUSS.model(VP)
     m.reset_nfe()
