@@ -5,15 +5,17 @@ ODE with fixed-step, multistep and adaptive solvers, count every network evaluat
 decode with measured round trips. See DESIGN.md section 4 and docs/ for the public contract.
 """
 
-from . import adapters, analytic, data, nets, solvers, train
+from . import adapters, analytic, control, data, nets, solvers, train
 from .adapters import DenoiserModel, from_diffusers
 from .analytic import Gaussian, GaussianMixture, reference_solve
 from .field import ProbabilityFlow
-from .grids import GridError, check_grid, sigma_grid, sigmas_from_timesteps
+from .grids import GridError, check_grid, resolve_grid, sigma_grid, sigmas_from_timesteps
 from .integrate import Solution, decode, encode, integrate, sample
 from .models import EpsilonModel, NetworkOutputError
 from .optimize import load_grid, optimize_grid, save_grid
+from .orders import fit_order
 from .pretrained import list_pretrained, load_pretrained
+from .recording import StepEvent
 from .schedules import (
     CosineVPSchedule,
     DiscreteVPSchedule,
@@ -23,22 +25,27 @@ from .schedules import (
     VESchedule,
     VPSchedule,
 )
+from .solvers import MaxNFEError, SolverError, UnknownSolverError
 
 # isort: split
 from . import invert
-from .invert import RoundTrip, invertibility_report, latent_stats, roundtrip
+from .invert import InversionWarning, RoundTrip, invertibility_report, latent_stats, roundtrip
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic", "solvers",
+    # schedules, models, the field
     "Schedule", "VPSchedule", "DiscreteVPSchedule", "LinearVPSchedule", "CosineVPSchedule",
-    "VESchedule", "EDMSchedule",
-    "EpsilonModel", "NetworkOutputError", "ProbabilityFlow",
-    "sigma_grid", "sigmas_from_timesteps", "check_grid", "GridError",
-    "Solution", "integrate", "sample", "encode", "decode",
-    "Gaussian", "GaussianMixture", "reference_solve",
-    "invert", "roundtrip", "RoundTrip", "latent_stats", "invertibility_report",
-    "adapters", "data", "nets", "train", "DenoiserModel", "from_diffusers", "list_pretrained", "load_pretrained",
-    "optimize_grid", "save_grid", "load_grid",
+    "VESchedule", "EDMSchedule", "EpsilonModel", "DenoiserModel", "from_diffusers", "ProbabilityFlow",
+    # grids and the driver
+    "sigma_grid", "sigmas_from_timesteps", "check_grid", "resolve_grid",
+    "integrate", "sample", "encode", "decode", "Solution", "StepEvent",
+    # ground truth, inversion, grids fitted to a solver
+    "Gaussian", "GaussianMixture", "reference_solve", "roundtrip", "RoundTrip", "latent_stats",
+    "invertibility_report", "fit_order", "optimize_grid", "save_grid", "load_grid",
+    "list_pretrained", "load_pretrained",
+    # every error and warning a user may catch
+    "GridError", "SolverError", "UnknownSolverError", "MaxNFEError", "NetworkOutputError", "InversionWarning",
+    # sub-packages
+    "analytic", "solvers", "control", "invert", "adapters", "data", "nets", "train",
 ]

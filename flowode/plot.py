@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .orders import fit_order
+
 __all__ = [
-    "OKABE_ITO", "MARKERS", "LINESTYLES", "series_style", "fit_order", "plot_error_vs_nfe",
+    "OKABE_ITO", "MARKERS", "LINESTYLES", "series_style", "tail_order", "plot_error_vs_nfe",
     "plot_time_vs_error", "plot_trajectories", "plot_denoised_grid", "plot_step_sizes", "plot_results",
     "FORMATS",
 ]
@@ -66,22 +68,12 @@ def _save(fig: Any, path: PathLike) -> Path:
     return p
 
 
-def fit_order(nfe: Sequence[float], err: Sequence[float], tail: Optional[int] = None) -> Optional[float]:
-    """Empirical convergence order ``p`` from ``err ~ C * NFE^(-p)``: minus the least-squares slope of
-    ``log err`` against ``log NFE`` over the ``tail`` largest budgets (default: the larger half, at
-    least 2 points), where the asymptotic regime is closest. ``None`` with fewer than 2 usable points."""
-    pts = sorted((float(n), float(e)) for n, e in zip(nfe, err)
-                 if n is not None and e is not None and n > 0 and e > 0 and math.isfinite(e))
-    if len(pts) < 2:
-        return None
-    k = tail if tail is not None else max(2, (len(pts) + 1) // 2)
-    pts = pts[-k:]
-    x = np.log([p[0] for p in pts])
-    y = np.log([p[1] for p in pts])
-    if np.ptp(x) == 0:
-        return None
-    slope = np.polyfit(x, y, 1)[0]
-    return float(-slope)
+def tail_order(nfe: Sequence[float], err: Sequence[float]) -> Optional[float]:
+    """The fitted order of a series over its larger half of budgets (at least 2 points), where the
+    asymptotic regime is closest (:func:`flowode.orders.fit_order`); ``None`` when it cannot be fitted."""
+    n = sum(1 for e in err if e is not None and e > 0 and math.isfinite(e))
+    p = fit_order(nfe, err, tail=max(2, (n + 1) // 2))
+    return None if math.isnan(p) else p
 
 
 def _series(records: Sequence[Mapping[str, Any]], metric: str) -> dict[str, dict[str, list[Any]]]:
@@ -106,7 +98,7 @@ _METRIC_LABEL = {
 def plot_error_vs_nfe(records: Sequence[Mapping[str, Any]], path: PathLike, *, metric: str = "rmse",
                       title: Optional[str] = None) -> Path:
     """Error against NFE on log-log axes, one panel per problem; the legend gives each deterministic
-    solver's fitted convergence order (:func:`fit_order`; in NFE, so a 2-stage order-2 method shows
+    solver's fitted convergence order (:func:`tail_order`; in NFE, so a 2-stage order-2 method shows
     about 2). Stochastic samplers are drawn but not fitted (their error against the ODE flow does not
     vanish); for ``metric="sw"`` nothing is fitted and the exact flow's own distance to the data (the
     finite-sample floor, ``sw_ref``) is drawn as a dashed line."""
@@ -120,7 +112,7 @@ def plot_error_vs_nfe(records: Sequence[Mapping[str, Any]], path: PathLike, *, m
             rows = sorted(rows, key=lambda r: r["nfe"])
             xs, ys = [r["nfe"] for r in rows], [r[metric] for r in rows]
             stochastic = any(r.get("stochastic") for r in rows)
-            order = None if stochastic or not fit else fit_order(xs, ys)
+            order = None if stochastic or not fit else tail_order(xs, ys)
             tag = " (stochastic)" if stochastic else (f", order {order:.2f}" if order is not None else "")
             ax.plot(xs, ys, label=f"{label}{tag}", markersize=5, linewidth=1.5, **series_style(i))
         floors = [r["sw_ref"] for rows in series.values() for r in rows if r.get("sw_ref") is not None]

@@ -222,11 +222,15 @@ def test_plot_functions_write_files(tmp_path):
 
 
 def test_fit_order_recovers_slope():
-    from flowode.plot import fit_order
+    from flowode.orders import fit_order
+    from flowode.plot import tail_order
 
     n = [10, 20, 40, 80]
-    assert fit_order(n, [3.0 * v ** -2.0 for v in n]) == pytest.approx(2.0)
-    assert fit_order([10], [1.0]) is None
+    assert tail_order(n, [3.0 * v ** -2.0 for v in n]) == pytest.approx(2.0)
+    assert tail_order([10], [1.0]) is None
+    # the tail fit ignores the pre-asymptotic head; the full fit does not
+    err = [1.0, 3.0 * 20.0 ** -2.0, 3.0 * 40.0 ** -2.0, 3.0 * 80.0 ** -2.0]
+    assert tail_order(n, err) == pytest.approx(2.0) and fit_order(n, err) != pytest.approx(2.0)
 
 
 def test_pareto_front():

@@ -16,22 +16,21 @@ def csv(text: Optional[str]) -> Optional[list[str]]:
     return split_list(text)
 
 
-def ints(text: Optional[str], name: str) -> Optional[list[int]]:
+def _numbers(text: Optional[str], name: str, kind: type, what: str) -> Optional[list[Any]]:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"`{name}` must be comma-separated integers, e.g. 5,10,20; got {text!r}.") from None
+        raise ValueError(f"`{name}` must be comma-separated {what}; got {text!r}.") from None
+
+
+def ints(text: Optional[str], name: str) -> Optional[list[int]]:
+    return _numbers(text, name, int, "integers, e.g. 5,10,20")
 
 
 def floats(text: Optional[str], name: str) -> Optional[list[float]]:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"`{name}` must be comma-separated numbers, e.g. 1e-3,1e-4; got {text!r}.") from None
+    return _numbers(text, name, float, "numbers, e.g. 1e-3,1e-4")
 
 
 def load_config(path: str) -> dict[str, Any]:

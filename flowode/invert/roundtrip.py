@@ -15,7 +15,6 @@ tolerance.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -27,6 +26,7 @@ from ..analytic import AnalyticModel, Gaussian, GaussianMixture, reference_solve
 from ..grids import split_grid_options
 from ..integrate import integrate
 from ..models import EpsilonModel
+from ..orders import fit_order
 from ..solvers import SolverError, make
 from ._common import decode_grid, rel_max_error
 from .coupled import _bdia_decode, bdia_encode, edict_decode, edict_encode
@@ -238,16 +238,6 @@ def _no_more(options: dict[str, Any], method: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ convergence
-def fit_order(steps: Sequence[float], errors: Sequence[float]) -> float:
-    """Least-squares slope of ``log(error)`` against ``log(1/steps)``: the empirical order
-    (``error ~ C steps^-order``). Non-positive errors are dropped; NaN if fewer than 2 remain."""
-    pts = [(math.log(s), math.log(e)) for s, e in zip(steps, errors) if e is not None and e > 0 and math.isfinite(e)]
-    if len(pts) < 2:
-        return float("nan")
-    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-    return float(-np.polyfit(xs, ys, 1)[0])
-
-
 @dataclass
 class ConvergenceStudy:
     """Round-trip and latent errors against the step count, with fitted orders."""

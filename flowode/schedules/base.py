@@ -83,25 +83,13 @@ class Schedule:
     default_spacing: str = "uniform_t"
 
     # ---------------------------------------------------------------- subclass hooks
-    def _sigma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+    def _hook(self, value: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement this map of the schedule contract.")
 
-    def _t(self, sigma: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _dsigma_dt(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _alpha(self, sigma: Tensor) -> Tensor:
-        """``alpha`` at noise level ``sigma`` (float64 tensor in, float64 tensor out)."""
-        raise NotImplementedError
-
-    def _std(self, sigma: Tensor) -> Tensor:
-        """``std = alpha * sigma``, written so that ``sigma = 0`` and ``sigma = inf`` are finite."""
-        raise NotImplementedError
-
-    def _dlog_alpha_dsigma(self, sigma: Tensor) -> Tensor:
-        raise NotImplementedError
+    #: ``sigma(t)``, ``t(sigma)``, ``d sigma / d t`` (the schedule itself) and ``alpha(sigma)``,
+    #: ``std(sigma) = alpha sigma`` (finite at 0 and inf), ``d log alpha / d sigma`` (the path's
+    #: signal scale, given by a base such as VPSchedule): float64 tensors in, float64 tensors out
+    _sigma = _t = _dsigma_dt = _alpha = _std = _dlog_alpha_dsigma = _hook
 
     # ---------------------------------------------------------------- public maps
     def sigma(self, t: Number) -> Number:

@@ -80,8 +80,7 @@ class DiscreteVPSchedule(VPSchedule):
         zero_terminal_snr: bool = False,
     ) -> "DiscreteVPSchedule":
         """DDPM linear betas (Ho et al. 2020, sec. 4): ``linspace(beta_start, beta_end, N)``."""
-        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-        return cls._finish(betas, zero_terminal_snr)
+        return cls._finish(_linspace_betas(beta_start, beta_end, num_timesteps, 1), zero_terminal_snr)
 
     @classmethod
     def scaled_linear(
@@ -89,9 +88,7 @@ class DiscreteVPSchedule(VPSchedule):
         zero_terminal_snr: bool = False,
     ) -> "DiscreteVPSchedule":
         """Latent/Stable Diffusion betas: ``linspace(sqrt(b0), sqrt(b1), N) ** 2``."""
-        betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_timesteps,
-                               dtype=torch.float64) ** 2
-        return cls._finish(betas, zero_terminal_snr)
+        return cls._finish(_linspace_betas(beta_start, beta_end, num_timesteps, 2), zero_terminal_snr)
 
     @classmethod
     def cosine(
@@ -204,6 +201,13 @@ class DiscreteVPSchedule(VPSchedule):
         # d sigma/dt = d(1/abar)/dt / (2 sigma) = abar_lo (1 + sigma^2)^2 / (2 sigma)
         abar_linear = torch.exp(la0) * (1 + s * s) ** 2 / (2 * s)
         return torch.where(finite, log_linear, abar_linear)
+
+
+def _linspace_betas(beta_start: float, beta_end: float, n: int, power: int) -> Tensor:
+    """``linspace(b0^(1/p), b1^(1/p), n)^p`` in float64 (p = 1: DDPM linear; p = 2: scaled linear)."""
+    if power == 1:
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+    return torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), n, dtype=torch.float64) ** power
 
 
 def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:

@@ -40,11 +40,30 @@ if TYPE_CHECKING:  # pragma: no cover
     from .boundary import Boundary
     from .run import Run
 
-__all__ = ["Stepper", "AdaptiveStepper", "Step", "SolverError", "MaxNFEError", "IntervalResult"]
+__all__ = ["Stepper", "AdaptiveStepper", "Step", "SolverError", "MaxNFEError", "IntervalResult", "check_choice",
+           "check_fraction"]
 
 
 class SolverError(ValueError):
     """A solver cannot run on the given grid, model or options."""
+
+
+def check_choice(solver: str, option: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise :class:`SolverError` naming the option, its value and the valid choices unless
+    ``value`` is one of ``choices`` (``True`` is not accepted for the integer 1)."""
+    if isinstance(value, bool) and not any(c is value for c in choices):
+        ok = False
+    else:
+        ok = value in choices
+    if not ok:
+        listed = ", ".join(repr(c) for c in choices)
+        raise SolverError(f"`{option}` of {solver!r} must be one of {listed}, got {value!r}.")
+
+
+def check_fraction(solver: str, option: str, value: Any) -> None:
+    """Raise :class:`SolverError` unless ``0 < value <= 1``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise SolverError(f"`{option}` of {solver!r} must lie in (0, 1], got {value!r}.")
 
 
 class Step(NamedTuple):
@@ -173,13 +192,11 @@ class AdaptiveStepper(Stepper):
             v = getattr(self, key)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise SolverError(f"`{key}` must be a positive number, got {v!r}.")
-        if self.coordinates not in COORDINATES:
-            raise SolverError(f"`coordinates` must be one of {COORDINATES}, got {self.coordinates!r}.")
+        check_choice(self.name, "coordinates", self.coordinates, COORDINATES)
+        check_choice(self.name, "on_max_nfe", self.on_max_nfe, ("raise", "return"))
         if self.max_nfe is not None and (isinstance(self.max_nfe, bool) or not isinstance(self.max_nfe, int)
                                          or self.max_nfe < 1):
             raise SolverError(f"`max_nfe` must be a positive integer or None, got {self.max_nfe!r}.")
-        if self.on_max_nfe not in ("raise", "return"):
-            raise SolverError(f"`on_max_nfe` must be 'raise' or 'return', got {self.on_max_nfe!r}.")
         if self.first_step is not None and not (math.isfinite(self.first_step) and self.first_step > 0):
             raise SolverError(f"`first_step` must be a positive number or None, got {self.first_step!r}.")
 

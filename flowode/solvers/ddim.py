@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..models import Prediction
-from .base import SolverError, Step, Stepper
+from .base import SolverError, Step, Stepper, check_choice
 from .registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,8 +92,6 @@ class DDIM(Stepper):
 
     eta: float = 0.0
     name = "ddim"
-    order = 1
-    nfe_per_step = 1.0
     source = "Song, Meng & Ermon, DDIM, ICLR 2021, eq. 12 (eta in eq. 16)"
 
     def __post_init__(self) -> None:
@@ -138,15 +136,12 @@ class DDPM(Stepper):
 
     variance: str = "small"
     name = "ddpm"
-    order = 1
-    nfe_per_step = 1.0
     source = "Ho, Jain & Abbeel, DDPM, NeurIPS 2020, eq. 6-7 and Algorithm 2"
     stochastic = True
     encodes = False
 
     def __post_init__(self) -> None:
-        if self.variance not in ("small", "large"):
-            raise SolverError(f"`variance` must be 'small' or 'large', got {self.variance!r}.")
+        check_choice(self.name, "variance", self.variance, ("small", "large"))
 
     def native(self, kind: "Boundary") -> bool:
         return True  # the posterior mean has the limits: x0 at sigma' = 0, alpha' x0 from sigma = inf

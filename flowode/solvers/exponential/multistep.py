@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor
 
 from ...schedules import sigma_to_lambda
-from ..base import SolverError, Step, Stepper
+from ..base import Step, Stepper, check_choice
 from ..registry import register
 from .updates import dpmpp_multistep_update, multistep_order
 
@@ -99,8 +99,7 @@ class DPMSolverPP3M(_DPMSolverPPMultistep):
     max_order = 3
 
     def __post_init__(self) -> None:
-        if self.coefficients not in ("taylor", "reference"):
-            raise SolverError(f"`coefficients` must be 'taylor' or 'reference', got {self.coefficients!r}.")
+        check_choice(self.name, "coefficients", self.coefficients, ("taylor", "reference"))
 
     @property
     def _coefficients(self) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ..base import SolverError, Step, Stepper
+from ..base import Step, Stepper, check_fraction
 from ..registry import register
 from .updates import data_first_order, noise_first_order
 
@@ -25,18 +25,33 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DPMSolver1", "DPMSolver2", "DPMSolver3", "DPMSolverPP2S"]
 
 
+class _LogSNRStepper(Stepper):
+    """Single-step exponential integrators take log-SNR-uniform grids by default."""
+
+    default_spacing = "logsnr"
+
+
+class _TwoStage(_LogSNRStepper):
+    """Order 2 with one intermediate point at a fraction of the step in ``lambda``: the option named
+    by ``fraction`` (``r1`` of DPM-Solver-2, ``r`` of DPM-Solver++(2S)), in ``(0, 1]``, default 1/2."""
+
+    order = 2
+    nfe_per_step = 2.0
+    fraction: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_fraction(self.name, self.fraction, getattr(self, self.fraction))
+
+
 @register
 @dataclass
-class DPMSolver1(Stepper):
+class DPMSolver1(_LogSNRStepper):
     """DPM-Solver-1 (Lu et al. 2022, NeurIPS, eq. 3.7), order 1, one evaluation per step:
     ``x_t = (alpha_t/alpha_s) x_s - std_t expm1(h) eps_s``. Mathematically identical to DDIM
     (eta = 0); written in exponential-integrator form."""
 
     name = "dpm_solver_1"
-    order = 1
-    nfe_per_step = 1.0
     source = "Lu et al., DPM-Solver, NeurIPS 2022, eq. 3.7 (DPM-Solver-1 = DDIM)"
-    default_spacing = "logsnr"
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
         pred = run.predict(x, sigma)
@@ -45,7 +60,7 @@ class DPMSolver1(Stepper):
 
 @register
 @dataclass
-class DPMSolver2(Stepper):
+class DPMSolver2(_TwoStage):
     """DPM-Solver-2 (Lu et al. 2022, NeurIPS, Algorithm 1), order 2, two evaluations per step.
 
     With ``lambda_u = lambda_s + r1 h``::
@@ -53,20 +68,13 @@ class DPMSolver2(Stepper):
         u   = (alpha_u/alpha_s) x_s - std_u expm1(r1 h) eps_s
         x_t = (alpha_t/alpha_s) x_s - std_t expm1(h) eps_s - std_t/(2 r1) expm1(h) (eps(u) - eps_s)
 
-    Options:
-        r1: position of the intermediate point in ``lambda`` (0 < r1 <= 1); default 1/2.
+    Option ``r1``: the intermediate point's position in the step (see the base class).
     """
 
     r1: float = 0.5
     name = "dpm_solver_2"
-    order = 2
-    nfe_per_step = 2.0
     source = "Lu et al., DPM-Solver, NeurIPS 2022, Algorithm 1 (DPM-Solver-2)"
-    default_spacing = "logsnr"
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.r1 <= 1.0:
-            raise SolverError(f"`r1` must lie in (0, 1], got {self.r1}.")
+    fraction = "r1"
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
         s, t = sigma, sigma_next
@@ -84,7 +92,7 @@ class DPMSolver2(Stepper):
 
 @register
 @dataclass
-class DPMSolver3(Stepper):
+class DPMSolver3(_LogSNRStepper):
     """DPM-Solver-3 (Lu et al. 2022, NeurIPS, Algorithm 2), order 3, three evaluations per step.
 
     With ``lambda_{s_k} = lambda_s + r_k h`` (``r1 = 1/3``, ``r2 = 2/3``)::
@@ -100,7 +108,6 @@ class DPMSolver3(Stepper):
     order = 3
     nfe_per_step = 3.0
     source = "Lu et al., DPM-Solver, NeurIPS 2022, Algorithm 2 (DPM-Solver-3), r1=1/3, r2=2/3"
-    default_spacing = "logsnr"
     r1 = 1.0 / 3.0
     r2 = 2.0 / 3.0
 
@@ -124,7 +131,7 @@ class DPMSolver3(Stepper):
 
 @register
 @dataclass
-class DPMSolverPP2S(Stepper):
+class DPMSolverPP2S(_TwoStage):
     """DPM-Solver++(2S) (Lu et al. 2022b, arXiv 2211.01095, Algorithm 1), order 2, two evaluations
     per step, data prediction. With ``lambda_u = lambda_s + r h``::
 
@@ -132,26 +139,17 @@ class DPMSolverPP2S(Stepper):
         D   = (1 - 1/(2r)) x0_s + 1/(2r) x0(u)
         x_t = (std_t/std_s) x_s - alpha_t expm1(-h) D
 
-    A step to ``sigma = 0`` is the first-order step (returns ``x0_hat(x_s)``, one evaluation).
-
-    Options:
-        r: position of the intermediate point in ``lambda`` (0 < r <= 1); default 1/2.
+    The option ``r`` places the intermediate point; a step to ``sigma = 0`` is the boundary step.
     """
 
     r: float = 0.5
     name = "dpm_solver++_2s"
-    order = 2
-    nfe_per_step = 2.0
     source = "Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 1 (DPM-Solver++(2S)), r=1/2"
-    default_spacing = "logsnr"
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.r <= 1.0:
-            raise SolverError(f"`r` must lie in (0, 1], got {self.r}.")
+    fraction = "r"
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
+        pred = run.predict(x, sigma)
         s, t = sigma, sigma_next
-        pred = run.predict(x, s)
         h = math.log(s / t)
         su = s * math.exp(-self.r * h)
         u = data_first_order(run.alpha, x, s, su, pred.x0)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ...schedules import sigma_to_lambda
-from ..base import SolverError, Step, Stepper
+from ..base import Step, Stepper, check_choice
 from ..boundary import Boundary
 from ..registry import register
 from .updates import UNIPC_VARIANTS, History, dpmpp_multistep_update, multistep_order, unic_update, unip_update
@@ -68,18 +68,14 @@ class UniPC(Stepper):
     disable_corrector: tuple[int, ...] = ()
 
     name = "unipc"
-    nfe_per_step = 1.0
     source = "Zhao et al., UniPC, NeurIPS 2023, sec. 3 (UniP-p, UniC-p, B(h) = bh1 / bh2); data-prediction form"
     multistep = True
     default_spacing = "logsnr"
 
     def __post_init__(self) -> None:
-        if isinstance(self.order, bool) or self.order not in (1, 2, 3):
-            raise SolverError(f"`order` must be 1, 2 or 3 for 'unipc', got {self.order!r}.")
-        if self.variant not in UNIPC_VARIANTS:
-            raise SolverError(f"`variant` must be 'bh1' or 'bh2', got {self.variant!r}.")
-        if self.predictor not in ("unip", "dpm_solver++"):
-            raise SolverError(f"`predictor` must be 'unip' or 'dpm_solver++', got {self.predictor!r}.")
+        check_choice(self.name, "order", self.order, (1, 2, 3))
+        check_choice(self.name, "variant", self.variant, UNIPC_VARIANTS)
+        check_choice(self.name, "predictor", self.predictor, ("unip", "dpm_solver++"))
         self.disable_corrector = tuple(int(i) for i in self.disable_corrector)
 
     @property

@@ -15,13 +15,13 @@ Warm-up: lower orders (AB-1 = Euler first; its ``O(h^2)`` local error limits the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import numpy as np
 from torch import Tensor
 
 from ...field import COORDINATES
-from ..base import SolverError, Step, Stepper
+from ..base import Step, Stepper, check_choice
 from ..boundary import Boundary
 from ..registry import register
 from ..rk.explicit import explicit_step
@@ -76,19 +76,26 @@ class LagrangeHistory(NamedTuple):
     nodes: tuple[float, ...] = ()
 
 
-def check_warmup(warmup: str) -> None:
-    if warmup not in WARMUPS:
-        raise SolverError(f"`warmup` must be one of {WARMUPS}, got {warmup!r}.")
-
-
+@dataclass
 class LagrangeMultistep(Stepper):
-    """The variable-step step ``y' = y + sum_j C_j f_j`` (subclasses give ``C_j`` and the order)."""
+    """The variable-step step ``y' = y + sum_j C_j f_j`` (subclasses give ``C_j`` and the order).
 
-    multistep = True
+    Options:
+        warmup: ``"lower_order"`` or ``"rk4"`` (module docstring).
+    """
+
+    order: int = 3  # type: ignore[misc]  # an option here (the number of history points)
     warmup: str = "lower_order"
+    multistep = True
+    #: the valid values of each option with a fixed set of choices
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {"warmup": WARMUPS}
+
+    def __post_init__(self) -> None:
+        for option, valid in self.choices.items():
+            check_choice(self.name, option, getattr(self, option), valid)
 
     def _k(self) -> int:
-        raise NotImplementedError
+        return self.order
 
     def _coordinates(self) -> str:
         return "sigma"
@@ -142,22 +149,11 @@ class AdamsBashforth(LagrangeMultistep):
             (measured in tests/test_multistep.py); ``"rk4"`` restores order ``order``.
     """
 
-    order: int = 3  # type: ignore[misc]
     coordinates: str = "sigma"
-    warmup: str = "lower_order"
     name = "adams_bashforth"
-    nfe_per_step = 1.0
     source = "Adams-Bashforth, variable step (Hairer, Norsett & Wanner, Solving ODEs I, III.5, eq. 5.3)"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.order, bool) or self.order not in (2, 3, 4):
-            raise SolverError(f"`order` of adams_bashforth must be 2, 3 or 4, got {self.order!r}.")
-        if self.coordinates not in COORDINATES:
-            raise SolverError(f"`coordinates` must be one of {COORDINATES}, got {self.coordinates!r}.")
-        check_warmup(self.warmup)
-
-    def _k(self) -> int:
-        return self.order
+    choices = {"warmup": WARMUPS, "order": (2, 3, 4), "coordinates": COORDINATES}
 
     def _coordinates(self) -> str:
         return self.coordinates

@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..base import SolverError
 from ..boundary import Boundary
 from ..registry import register
-from .adams import LagrangeMultistep, check_warmup, lagrange_integrals
+from .adams import WARMUPS, LagrangeMultistep, lagrange_integrals
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
@@ -58,23 +57,12 @@ class DEIS(LagrangeMultistep):
     10-20 steps (docs/multistep.md).
     """
 
-    order: int = 3  # type: ignore[misc]
     basis: str = "t"
     lower_order_final: bool = True
-    warmup: str = "lower_order"
     name = "deis"
-    nfe_per_step = 1.0
     source = "Zhang & Chen, DEIS, ICLR 2023, eq. 13-15 (tAB); diffusers DEISMultistepScheduler (log_rho)"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.order, bool) or self.order not in (1, 2, 3):
-            raise SolverError(f"`order` of deis must be 1, 2 or 3, got {self.order!r}.")
-        if self.basis not in DEIS_BASES:
-            raise SolverError(f"`basis` of deis must be one of {DEIS_BASES}, got {self.basis!r}.")
-        check_warmup(self.warmup)
-
-    def _k(self) -> int:
-        return self.order
+    choices = {"warmup": WARMUPS, "order": (1, 2, 3), "basis": DEIS_BASES}
 
     def _lower_order(self, n: int, i: int) -> int:
         if self.lower_order_final and n < 15:

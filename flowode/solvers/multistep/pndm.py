@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from torch import Tensor
 
 from ...models import Prediction
-from ..base import SolverError, Step, Stepper
+from ..base import Step, Stepper, check_choice
 from ..boundary import Boundary
 from ..ddim import ddim_transfer
 from ..registry import register
@@ -95,7 +95,6 @@ class PLMS(_EpsHistory):
     skip_prk_steps: bool = False
     name = "plms"
     order = 4
-    nfe_per_step = 1.0
     source = "Liu et al., PNDM, ICLR 2022, eq. 9 (transfer part) and eq. 11-13 (pseudo RK / linear multistep)"
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
@@ -132,12 +131,10 @@ class IPNDM(_EpsHistory):
 
     order: int = 4  # type: ignore[misc]
     name = "ipndm"
-    nfe_per_step = 1.0
     source = "Zhang & Chen, DEIS, ICLR 2023, appendix (iPNDM); diffusers IPNDMScheduler"
 
     def __post_init__(self) -> None:
-        if isinstance(self.order, bool) or self.order not in (1, 2, 3, 4):
-            raise SolverError(f"`order` of ipndm must be 1, 2, 3 or 4, got {self.order!r}.")
+        check_choice(self.name, "order", self.order, (1, 2, 3, 4))
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
         pred = run.predict(x, sigma)

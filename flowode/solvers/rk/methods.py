@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ...control import PIController
 from ...field import COORDINATES
-from ..base import AdaptiveStepper, SolverError, Step, Stepper
+from ..base import AdaptiveStepper, SolverError, Step, Stepper, check_choice
 from ..registry import register
 from .explicit import explicit_step
 from .tableau import ButcherTableau
@@ -36,11 +36,6 @@ ERROR_NORMS = ("batch", "per_sample")
 TABLEAUS: dict[str, ButcherTableau] = {}
 
 
-def _check_coordinates(coordinates: str) -> None:
-    if coordinates not in COORDINATES:
-        raise SolverError(f"`coordinates` must be one of {COORDINATES}, got {coordinates!r}.")
-
-
 @dataclass
 class RungeKutta(Stepper):
     """Generic explicit Runge-Kutta step of the probability-flow ODE.
@@ -53,7 +48,7 @@ class RungeKutta(Stepper):
     tableau: ClassVar[ButcherTableau]
 
     def __post_init__(self) -> None:
-        _check_coordinates(self.coordinates)
+        check_choice(self.name, "coordinates", self.coordinates, COORDINATES)
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
         fld = run.field(self.coordinates)
@@ -84,8 +79,7 @@ class EmbeddedRungeKutta(AdaptiveStepper):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.error_norm not in ERROR_NORMS:
-            raise SolverError(f"`error_norm` must be one of {ERROR_NORMS}, got {self.error_norm!r}.")
+        check_choice(self.name, "error_norm", self.error_norm, ERROR_NORMS)
         if self.error_norm == "per_sample" and self.coordinates != "sigma":
             raise SolverError(f"`coordinates` of {self.name!r} with error_norm='per_sample' must be 'sigma' "
                               "(per-sample sigma steps).")
