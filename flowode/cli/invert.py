@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-PROBLEMS = ("ring", "random64", "gaussian", "digits")
+INVERT_PROBLEMS = ("ring", "random64", "gaussian", "digits")
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
         description="Encode data to latents and decode back with naive inversion (any deterministic solver) "
                     "and the exact methods fixed_point, edict, bdia; print reconstruction error, NFE, latent error "
                     "and latent normality per method and step count.")
-    p.add_argument("--problem", default="ring", choices=PROBLEMS,
+    p.add_argument("--problem", default="ring", choices=INVERT_PROBLEMS,
                    help="ring: 2-D 8-component mixture; random64: 64-D mixture; gaussian: 2-D Gaussian (closed-form "
                         "latent); digits: the shipped digits model (needs flowode.load_pretrained)")
     p.add_argument("--methods", default="ddim,heun,fixed_point,edict,bdia",

@@ -15,6 +15,7 @@ tolerance.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -199,9 +200,7 @@ def roundtrip(
             solver = options.pop("solver", "ddim")
             state = fixed_point_encode(model, x0, g, solver, **options)
             latent = state.latent
-            solver_opts = {k: v for k, v in options.items()
-                           if k not in ("tol", "max_iter", "anderson", "on_fail", "max_sweeps",
-                                        "history_substeps", "save_trajectory")}
+            solver_opts = {k: v for k, v in options.items() if k not in _FIXED_POINT_KEYWORDS}
             back = integrate(model, latent, g, solver, **solver_opts)
             rec, nfe_enc, nfe_dec = back.x, state.nfe, back.nfe
             stats.update(iterations=state.iterations, nfe_per_step=state.nfe_per_step,
@@ -228,6 +227,11 @@ def roundtrip(
     return RoundTrip(method=key, sigmas=g, latent=latent, reconstruction=rec, nfe_encode=nfe_enc,
                      nfe_decode=nfe_dec, latent_error=lat_err, latent_reference=ref, latent_state=state,
                      stats=stats, **errs)
+
+
+#: the keyword-only options of fixed_point_encode (the rest are the solver's)
+_FIXED_POINT_KEYWORDS = tuple(name for name, p in inspect.signature(fixed_point_encode).parameters.items()
+                              if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def _no_more(options: dict[str, Any], method: str) -> None:
