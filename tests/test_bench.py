@@ -105,11 +105,11 @@ def test_closed_form_reference_matches_reference_solve():
 
 def test_reference_cache_reuses_solves(tmp_path):
     prob = get_problem("gmm2d")
-    cache = bench._ReferenceCache(tmp_path / "refs")
+    cache = bench.ReferenceCache(tmp_path / "refs")
     x = prob.prior(8, 10.0, 0)
     a, kind = cache.get(prob, x, 0, 10.0, 0.0)
     assert kind == "reference_solve" and len(list((tmp_path / "refs").glob("*.pt"))) == 1
-    fresh = bench._ReferenceCache(tmp_path / "refs")  # a resumed run reads it from disk
+    fresh = bench.ReferenceCache(tmp_path / "refs")  # a resumed run reads it from disk
     b, _ = fresh.get(prob, x, 0, 10.0, 0.0)
     assert torch.equal(a, b)
 
@@ -122,7 +122,7 @@ def test_failed_cell_is_recorded_not_retried(tmp_path, monkeypatch):
         calls.append(1)
         raise RuntimeError("network exploded")
 
-    monkeypatch.setattr(bench, "run_cell", boom)
+    monkeypatch.setattr(bench.engine, "run_cell", boom)  # where run_bench looks it up
     recs, _ = run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
     assert "network exploded" in recs[0]["error"]
     run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
@@ -142,7 +142,7 @@ def test_user_problem_from_module_path(tmp_path, monkeypatch):
     prob = get_problem("userprob:make")
     assert prob.shape == (3,) and prob.dtype == torch.float32 and prob.data is not None
     cell = Cell("userprob:make", "ddim", {}, 5, None, 0, 16)
-    rec = bench.run_cell(prob, cell, bench._ReferenceCache(None))
+    rec = bench.run_cell(prob, cell, bench.ReferenceCache(None))
     assert rec["reference"] == "reference_solve" and rec["rmse"] < 1e-4
     with pytest.raises(ValueError, match="no attribute"):
         get_problem("userprob:nothing")
