@@ -40,16 +40,21 @@ Layout (one module per concern; every public name is importable from ``flowode.b
   :class:`ReferenceCache`;
 * :mod:`~flowode.bench.memory`: :class:`MemoryMeter`;
 * :mod:`~flowode.bench.engine`: :func:`run_cell`, :func:`run_bench`;
-* :mod:`~flowode.bench.report`: :func:`aggregate`, :func:`markdown_table`.
+* :mod:`~flowode.bench.report`: :func:`aggregate`, :func:`markdown_table`, and flowode against
+  peers: :func:`headline_table`, :func:`method_table`, :func:`failed_methods`, :func:`full_range`;
+* :mod:`~flowode.bench.peers`: diffusers' and k-diffusion's samplers as engine solvers
+  (``diffusers:ddim``, ``k-diffusion:dpmpp_2m``; :class:`Peer`, :data:`PEERS`).
 """
 
 from .engine import run_bench, run_cell
 from .memory import MemoryMeter
 from .metrics import ReferenceCache, max_err, rmse, sliced_wasserstein
+from .peers import PEERS, DiffusersPeer, EpsCounter, KDiffusionPeer, Peer, PeerRun, get_peer, is_peer, register_peer
 from .problems import PROBLEMS, Problem, as_problem, get_problem, register_problem
-from .report import aggregate, markdown_table
+from .report import aggregate, failed_methods, full_range, headline_table, markdown_table, method_table
 from .spec import (
     DEMO_SOLVERS,
+    OPTIMIZED,
     BenchSpec,
     Cell,
     cell_key,
@@ -61,8 +66,17 @@ from .spec import (
 from .store import append_record, load_results
 
 __all__ = [
-    "Problem", "PROBLEMS", "register_problem", "get_problem", "as_problem", "BenchSpec", "Cell",
-    "run_bench", "run_cell", "load_results", "append_record", "cell_key", "parse_solver_spec",
-    "split_list", "resolve_solvers", "sliced_wasserstein", "rmse", "max_err", "ReferenceCache",
-    "aggregate", "markdown_table", "MemoryMeter", "DEMO_SOLVERS", "preferred_solvers",
+    # problems
+    "Problem", "PROBLEMS", "register_problem", "get_problem", "as_problem",
+    # spec
+    "BenchSpec", "Cell", "cell_key", "parse_solver_spec", "split_list", "resolve_solvers", "DEMO_SOLVERS",
+    "OPTIMIZED", "preferred_solvers",
+    # store, metrics, memory
+    "load_results", "append_record", "rmse", "max_err", "sliced_wasserstein", "ReferenceCache", "MemoryMeter",
+    # engine, report
+    "run_bench", "run_cell", "aggregate", "markdown_table", "full_range", "headline_table", "method_table",
+    "failed_methods",
+    # peers
+    "Peer", "PeerRun", "EpsCounter", "DiffusersPeer", "KDiffusionPeer", "PEERS", "register_peer", "get_peer",
+    "is_peer",
 ]

@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from ..solvers import SOLVERS, UnknownSolverError, get_class, make
+from .peers import get_peer, is_peer
 from .problems import Problem
 
-__all__ = ["DEMO_SOLVERS", "preferred_solvers", "split_list", "parse_solver_spec", "resolve_solvers", "cell_key",
-           "Cell", "BenchSpec"]
+__all__ = ["DEMO_SOLVERS", "OPTIMIZED", "preferred_solvers", "split_list", "parse_solver_spec", "resolve_solvers",
+           "cell_key", "Cell", "BenchSpec"]
+
+#: the spacing name of a grid fitted by :func:`flowode.optimize_grid` (see :class:`BenchSpec`)
+OPTIMIZED = "optimized"
 
 
 #: solvers the demo and the CLI's default compare, in order of preference (whichever are registered)
@@ -77,30 +81,50 @@ def parse_solver_spec(spec: Union[str, dict, tuple]) -> tuple[str, dict[str, Any
     return name.strip(), opts
 
 
-def resolve_solvers(specs: Iterable[Union[str, dict, tuple]]) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+def _canonical(name: str, opts: dict[str, Any], peers: bool) -> str:
+    """The registered name of a solver or peer, its options checked; ``UnknownSolverError`` (the
+    message to report) when it cannot run here."""
+    if not is_peer(name):
+        cls = get_class(name)
+        make(cls, **opts)  # validates the options now, not in the middle of a run
+        return cls.name
+    if not peers:
+        raise UnknownSolverError(f"{name!r} is a peer sampler (another library's); peers run only in benchmarks.")
+    peer = get_peer(name)
+    why = peer.unavailable()
+    if why is not None:
+        raise UnknownSolverError(f"{peer.name}: {why}")
+    peer.check_options(opts)
+    return peer.name
+
+
+def resolve_solvers(specs: Iterable[Union[str, dict, tuple]], *,
+                    peers: bool = False) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
     """Split solver specs into registered ``(name, options)`` pairs and messages for the unknown ones.
 
-    Unknown options of a registered solver raise ``TypeError`` (a typo should stop the run)."""
+    With ``peers=True`` (the engine) a ``library:method`` name is a peer sampler
+    (:mod:`flowode.bench.peers`); one whose library does not import is reported like an unknown
+    solver. Unknown options of a registered solver or peer raise ``TypeError`` (a typo should stop
+    the run)."""
     ok, missing = [], []
     for spec in specs:
         name, opts = parse_solver_spec(spec)
         try:
-            cls = get_class(name)
+            ok.append((_canonical(name, opts, peers), opts))
         except UnknownSolverError as exc:
             missing.append(str(exc))
-            continue
-        make(cls, **opts)  # validates the options now, not in the middle of a run
-        ok.append((cls.name, opts))
     return ok, missing
 
 
-
 def cell_key(problem: str, solver: str, nfe: Optional[int], spacing: Optional[str], seed: int,
-             options: dict[str, Any], samples: int) -> str:
-    """Canonical identity of a cell (what a rerun compares)."""
-    return json.dumps({"problem": problem, "solver": solver, "nfe": nfe, "spacing": spacing, "seed": seed,
-                       "options": options, "samples": samples}, sort_keys=True, separators=(",", ":"))
-
+             options: dict[str, Any], samples: int, grid_options: Optional[dict[str, Any]] = None) -> str:
+    """Canonical identity of a cell (what a rerun compares); ``grid_options`` (the calibration
+    settings of an optimised grid) are part of it only when given."""
+    key: dict[str, Any] = {"problem": problem, "solver": solver, "nfe": nfe, "spacing": spacing, "seed": seed,
+                           "options": options, "samples": samples}
+    if grid_options:
+        key["grid"] = grid_options
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass
@@ -114,10 +138,22 @@ class Cell:
     spacing: Optional[str]
     seed: int
     samples: int
+    #: settings of the ``"optimized"`` grid (calibration batch, optimiser evaluations), else empty
+    grid_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
-        return cell_key(self.problem, self.solver, self.nfe, self.spacing, self.seed, self.options, self.samples)
+        return cell_key(self.problem, self.solver, self.nfe, self.spacing, self.seed, self.options, self.samples,
+                        self.grid_options)
+
+    @property
+    def ladder(self) -> Optional[str]:
+        """The tolerance ladder of a cell without a budget (adaptive): its key without ``rtol`` /
+        ``atol``; ``None`` for a cell with an NFE budget."""
+        if self.nfe is not None:
+            return None
+        opts = {k: v for k, v in self.options.items() if k not in ("rtol", "atol")}
+        return cell_key(self.problem, self.solver, None, self.spacing, self.seed, opts, self.samples, self.grid_options)
 
     @property
     def label(self) -> str:
@@ -128,10 +164,14 @@ class Cell:
 
 @dataclass
 class BenchSpec:
-    """A benchmark grid. ``solvers`` are specs (``"ddim"``, ``"ddim[eta=0.5]"``, dicts);
-    ``spacings`` entries may be ``None`` (each solver's default spacing); ``samples=None`` uses
-    each problem's default batch size; adaptive solvers run once per entry of ``tolerances``
-    (as ``rtol = atol``) when they take an ``rtol`` option."""
+    """A benchmark grid. ``solvers`` are specs (``"ddim"``, ``"ddim[eta=0.5]"``, dicts, peers
+    ``"diffusers:ddim"``); ``spacings`` entries may be ``None`` (each solver's default spacing) or
+    ``"optimized"`` (:func:`flowode.optimize_grid` for the cell's solver and budget, fitted on a
+    separate batch of ``calibration`` start states drawn with seed ``seed + 1``, ``optimize_evals``
+    objective evaluations); ``samples=None`` uses each problem's default batch size; adaptive
+    solvers run once per entry of ``tolerances`` (as ``rtol = atol``, listed loose to tight) when
+    they take an ``rtol`` option, and with ``adaptive_max_nfe`` such a ladder stops after the
+    first tolerance that spent more evaluations than that."""
 
     problems: list[str]
     solvers: list[Any]
@@ -143,6 +183,9 @@ class BenchSpec:
     device: str = "cpu"
     repeats: int = 1
     sw_projections: int = 256
+    adaptive_max_nfe: Optional[int] = None
+    calibration: int = 256
+    optimize_evals: int = 300
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchSpec":
@@ -182,21 +225,23 @@ class BenchSpec:
         for pname, prob in problems.items():
             n = self.samples or prob.samples
             for sname, opts in solvers:
-                cls = SOLVERS[sname]
+                cls = None if is_peer(sname) else SOLVERS[sname]
                 for spacing in self.spacings:
+                    grid = {"calibration": self.calibration, "max_evals": self.optimize_evals} \
+                        if spacing == OPTIMIZED else {}
                     for seed in self.seeds:
-                        if cls.adaptive:
+                        if cls is not None and cls.adaptive:
                             takes_tol = any(f.name == "rtol" for f in dataclasses.fields(cls))
                             if takes_tol and "rtol" not in opts:
                                 for tol in self.tolerances:
                                     o = dict(opts, rtol=tol)
                                     if any(f.name == "atol" for f in dataclasses.fields(cls)):
                                         o.setdefault("atol", tol)
-                                    out.append(Cell(pname, sname, o, None, spacing, seed, n))
+                                    out.append(Cell(pname, sname, o, None, spacing, seed, n, dict(grid)))
                             else:
-                                out.append(Cell(pname, sname, dict(opts), None, spacing, seed, n))
+                                out.append(Cell(pname, sname, dict(opts), None, spacing, seed, n, dict(grid)))
                             continue
                         for budget in self.nfe:
-                            out.append(Cell(pname, sname, dict(opts), budget, spacing, seed, n))
+                            out.append(Cell(pname, sname, dict(opts), budget, spacing, seed, n, dict(grid)))
         return out
 
