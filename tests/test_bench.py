@@ -105,11 +105,11 @@ def test_closed_form_reference_matches_reference_solve():
 
 def test_reference_cache_reuses_solves(tmp_path):
     prob = get_problem("gmm2d")
-    cache = bench._ReferenceCache(tmp_path / "refs")
+    cache = bench.ReferenceCache(tmp_path / "refs")
     x = prob.prior(8, 10.0, 0)
     a, kind = cache.get(prob, x, 0, 10.0, 0.0)
     assert kind == "reference_solve" and len(list((tmp_path / "refs").glob("*.pt"))) == 1
-    fresh = bench._ReferenceCache(tmp_path / "refs")  # a resumed run reads it from disk
+    fresh = bench.ReferenceCache(tmp_path / "refs")  # a resumed run reads it from disk
     b, _ = fresh.get(prob, x, 0, 10.0, 0.0)
     assert torch.equal(a, b)
 
@@ -122,7 +122,7 @@ def test_failed_cell_is_recorded_not_retried(tmp_path, monkeypatch):
         calls.append(1)
         raise RuntimeError("network exploded")
 
-    monkeypatch.setattr(bench, "run_cell", boom)
+    monkeypatch.setattr(bench.engine, "run_cell", boom)  # where run_bench looks it up
     recs, _ = run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
     assert "network exploded" in recs[0]["error"]
     run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
@@ -142,7 +142,7 @@ def test_user_problem_from_module_path(tmp_path, monkeypatch):
     prob = get_problem("userprob:make")
     assert prob.shape == (3,) and prob.dtype == torch.float32 and prob.data is not None
     cell = Cell("userprob:make", "ddim", {}, 5, None, 0, 16)
-    rec = bench.run_cell(prob, cell, bench._ReferenceCache(None))
+    rec = bench.run_cell(prob, cell, bench.ReferenceCache(None))
     assert rec["reference"] == "reference_solve" and rec["rmse"] < 1e-4
     with pytest.raises(ValueError, match="no attribute"):
         get_problem("userprob:nothing")
@@ -342,3 +342,137 @@ def test_adaptive_solvers_run_per_tolerance(tmp_path, toy_adaptive):
     sol = flowode.integrate(prob.model, prob.prior(4, 100.0, 0), [100.0, 0.0], toy_adaptive)
     assert plot.plot_step_sizes({"toy": sol}, tmp_path / "s.png").exists()
     assert plot.plot_trajectories(prob, ["ddim", toy_adaptive], tmp_path / "t.png", nfe=5, samples=4).exists()
+
+
+# ------------------------------------------------------------------------------------------- peers
+def _peer_setup():
+    prob = get_problem("gmm2d")
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return prob.model, prob.model.schedule, x
+
+
+def _available(name):
+    why = bench.get_peer(name).unavailable()
+    if why is not None:
+        pytest.skip(why)
+    return bench.get_peer(name)
+
+
+@pytest.mark.parametrize("peer,solver", [("diffusers:ddim", "ddim"), ("diffusers:heun", "heun"),
+                                         ("k-diffusion:euler", "euler"), ("k-diffusion:heun", "heun")])
+def test_peer_matches_flowode_on_the_same_grid(peer, solver):
+    """The peers reproduce flowode on the same grid, so the benchmark compares methods, not harnesses."""
+    p = _available(peer)
+    model, sched, x = _peer_setup()
+    for n in (4, 5):  # divisors of 1000: diffusers' DDIM steps to t - 1000 // n, the next grid point only then
+        ours = flowode.integrate(model, x, flowode.sigma_grid(sched, n, "trailing"), solver)
+        ctr = bench.EpsCounter(model)
+        r = p.run(ctr, x, sched, n, "trailing", {})
+        assert ctr.calls == ours.nfe
+        assert r.sigma_from == sched.sigma_max and r.sigma_to == 0.0 and r.spacing == "trailing"
+        assert torch.allclose(r.x, ours.x, rtol=0, atol=1e-12)
+
+
+def test_diffusers_ddim_endpoint_with_fixed_stride():
+    p = _available("diffusers:ddim")
+    model, sched, x = _peer_setup()
+    r = p.run(bench.EpsCounter(model), x, sched, 7, "trailing", {})  # 142 - 1000 // 7 = 0
+    assert r.sigma_to == pytest.approx(sched.sigma_min, rel=1e-12)
+
+
+@pytest.fixture
+def toy_peer():
+    """A peer without an optional library: DDIM in xbar through the eps counter, with a one-step
+    warm-up that needs at least 3 steps (so steps_for_nfe must skip step counts)."""
+
+    class ToyPeer(bench.Peer):
+        library = "toy"
+
+        def unavailable(self):
+            return None
+
+        def options(self):
+            return {"extra"}
+
+        def _run(self, eps, x, schedule, steps, spacing, options):
+            if steps < 3:
+                raise IndexError("the toy warm-up needs 3 steps")
+            grid = flowode.grids.resolve_grid(schedule, None, steps=steps, spacing=spacing)
+            lv = [float(v) for v in grid]
+            xbar = x / float(schedule.alpha_from_sigma(lv[0]))
+            eps(x, lv[0])  # the warm-up call: one extra evaluation
+            for a, b in zip(lv[:-1], lv[1:]):
+                xbar = xbar + (b - a) * eps(xbar * float(schedule.alpha_from_sigma(a)), a)
+            return bench.PeerRun(xbar * float(schedule.alpha_from_sigma(lv[-1])), lv[0], lv[-1], spacing or "trailing")
+
+    peer = bench.register_peer(ToyPeer("ddim"))
+    yield peer.name
+    bench.PEERS.pop(peer.name)
+
+
+def test_peer_runs_as_an_engine_cell(tmp_path, toy_peer):
+    spec = BenchSpec(problems=["gaussian"], solvers=["ddim", toy_peer, "diffusers:nope"], nfe=[2, 6], samples=16,
+                     spacings=["trailing"])
+    recs, missing = run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
+    assert len(missing) == 1 and "diffusers:nope" in missing[0]
+    by = {(r["solver"], r["nfe_budget"]): r for r in recs}
+    assert "no step count fits NFE <= 2" in by[(toy_peer, 2)]["error"]
+    toy, ours = by[(toy_peer, 6)], by[("ddim", 6)]
+    assert toy["error"] is None and toy["nfe"] == 6 and toy["steps"] == 5  # 5 steps + the warm-up call
+    assert toy["sigma_from"] == ours["sigma_from"] and toy["sigma_to"] == 0.0 and toy["reference"] == "closed_form"
+    ours5 = run_bench(BenchSpec(problems=["gaussian"], solvers=["ddim"], nfe=[5], samples=16, spacings=["trailing"]),
+                      tmp_path / "r.jsonl", progress=False, log=lambda m: None)[0][0]
+    assert toy["rmse"] == pytest.approx(ours5["rmse"], rel=1e-12)  # the same DDIM steps
+    for k in ("seconds", "peak_mem_bytes", "mem_method", "sw", "sw_ref", "max_err", "label", "spacing"):
+        assert k in toy, k
+    assert "toy `ddim`: ValueError: no step count fits NFE <= 2" in bench.failed_methods(recs)
+    with pytest.raises(TypeError, match="unknown option"):
+        bench.resolve_solvers([toy_peer + "[extrq=1]"], peers=True)
+    ok, missing = bench.resolve_solvers([toy_peer])  # peers run in the engine only
+    assert ok == [] and "peer" in missing[0]
+
+
+# ------------------------------------------------------------------------------------------- engine extras
+def test_optimized_spacing_cell(tmp_path):
+    spec = BenchSpec(problems=["gmm2d"], solvers=["ddim"], nfe=[4], spacings=[None, bench.OPTIMIZED], samples=16,
+                     calibration=16, optimize_evals=20)
+    recs, _ = run_bench(spec, tmp_path / "r.jsonl", progress=False, log=lambda m: None)
+    base, opt = recs
+    assert opt["error"] is None and opt["spacing"] == "optimized" and opt["nfe"] <= 4
+    assert opt["sigmas"][0] == base["sigma_from"] and opt["sigmas"][-1] == 0.0 and len(opt["sigmas"]) == 5
+    assert opt["cal_error_after"] <= opt["cal_error_before"] and opt["calibration"] == 16
+    assert json.loads(opt["key"])["grid"] == {"calibration": 16, "max_evals": 20}
+    assert "grid" not in json.loads(base["key"])  # keys of ordinary cells are as before
+    assert "| ddim (optimized) |" in markdown_table(recs)
+
+
+def test_adaptive_ladder_stops_past_max_nfe(tmp_path, toy_adaptive):
+    spec = BenchSpec(problems=["gaussian"], solvers=[toy_adaptive], nfe=[], tolerances=[1e-1, 1e-2, 1e-4],
+                     samples=8, adaptive_max_nfe=5)
+    out = tmp_path / "r.jsonl"
+    recs, _ = run_bench(spec, out, progress=False, log=lambda m: None)
+    # rtol 0.1 -> 3 + 1 evaluations, rtol 0.01 -> 10 + 1 > 5: the ladder stops there, 1e-4 never runs
+    assert [r["options"]["rtol"] for r in recs] == [1e-1, 1e-2]
+    size = out.stat().st_size
+    assert [r["key"] for r in run_bench(spec, out, progress=False, log=lambda m: None)[0]] == [r["key"] for r in recs]
+    assert out.stat().st_size == size
+
+
+# ------------------------------------------------------------------------------------------- flowode vs peers
+def test_headline_uses_full_range_rows_only():
+    smax = 157.4
+    rows = [
+        {"problem": "m", "solver": "a", "options": {}, "nfe_budget": 5, "nfe": 5, "rmse": 0.2,
+         "spacing_requested": "trailing", "sigma_from": smax, "sigma_to": 0.0},
+        {"problem": "m", "solver": "b", "options": {}, "nfe_budget": 5, "nfe": 5, "rmse": 0.01,
+         "spacing_requested": "leading", "sigma_from": 10.0, "sigma_to": 0.0},
+        {"problem": "m", "solver": "diffusers:c", "options": {}, "nfe_budget": 5, "nfe": 5, "rmse": 0.4,
+         "spacing_requested": None, "sigma_from": smax, "sigma_to": 0.0},
+        {"problem": "m", "solver": "diffusers:d", "options": {}, "nfe_budget": 5, "nfe": 5, "rmse": 0.1,
+         "spacing_requested": None, "sigma_from": smax, "sigma_to": 0.01},
+    ]
+    t = bench.headline_table(rows, [5])
+    assert "| a [spacing:trailing], 5 | 2.000e-01 | diffusers c [default], 5 | 4.000e-01 | 0.500 |" in t
+    assert "leading" not in t
+    m = bench.method_table(rows, [5])
+    assert "| flowode | b | - / - / - |" in m and "| diffusers | d | 1.00e-01† |" in m

@@ -1,67 +1,54 @@
-"""The accuracy benchmark's peer adapters reproduce flowode on the same grid (so the benchmark
-compares methods, not harness differences), and its table picks full-range rows only."""
+"""benchmarks/accuracy.py on the flowode.bench engine: its cells go through the engine's store
+(resumable), its optimised grids go to the solvers with the best built-in RMSE, and its tables pick
+full-range rows only. (The peers' agreement with flowode on the same grid is tested with the peers,
+in test_bench.py.)"""
 
+import json
 import os
 import sys
 
 import pytest
 import torch
 
-import flowode
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 accuracy = pytest.importorskip("accuracy")
 
 
-@pytest.fixture(scope="module")
-def setup():
-    gmm = accuracy.gmm_ring()
-    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return gmm, gmm.model(accuracy.SCHED), x
-
-
-@pytest.mark.parametrize("peer,solver", [("ddim", "ddim"), ("heun", "heun")])
-def test_diffusers_adapter_matches_flowode_on_trailing_grid(setup, peer, solver):
-    pytest.importorskip("diffusers")
-    gmm, model, x = setup
-    for n in (4, 5):  # divisors of 1000: diffusers' DDIM steps to t - 1000 // n, the next grid point only then
-        ours = flowode.integrate(model, x, flowode.sigma_grid(accuracy.SCHED, n, "trailing"), solver)
-        ctr = accuracy.Counter(gmm)
-        r = accuracy.run_diffusers(peer, "trailing", n, x, ctr)
-        assert ctr.n == ours.nfe
-        assert r["sigma_start"] == accuracy.SCHED.sigma_max and r["sigma_end"] == 0.0
-        assert torch.allclose(r["x"], ours.x, rtol=0, atol=1e-12)
-
-
-def test_diffusers_ddim_endpoint_with_fixed_stride(setup):
-    pytest.importorskip("diffusers")
-    gmm, _, x = setup
-    r = accuracy.run_diffusers("ddim", "trailing", 7, x, accuracy.Counter(gmm))  # 142 - 1000 // 7 = 0
-    assert r["sigma_end"] == pytest.approx(accuracy.SCHED.sigma_min, rel=1e-12)
-
-
-@pytest.mark.parametrize("peer,solver", [("euler", "euler"), ("heun", "heun")])
-def test_k_diffusion_adapter_matches_flowode(setup, peer, solver):
-    ks = accuracy.import_k_sampling()
-    if ks is None:
-        pytest.skip("k-diffusion not importable")
-    gmm, model, x = setup
-    ours = flowode.integrate(model, x, flowode.sigma_grid(accuracy.SCHED, 6, "trailing"), solver)
-    ctr = accuracy.Counter(gmm)
-    r = accuracy.run_k(ks, peer, "trailing", 6, x, ctr)
-    assert ctr.n == ours.nfe
-    assert torch.allclose(r["x"], ours.x, rtol=0, atol=1e-12)
-
-
-def test_table_uses_full_range_rows_only():
-    smax = accuracy.SCHED.sigma_max
+def test_optimize_top_ranks_builtin_grids_of_flowode_only():
     rows = [
-        {"mixture": "m", "library": "flowode", "method": "a", "grid": "g", "nfe_target": 5, "nfe": 5, "rmse": 0.2,
-         "sigma_start": smax, "sigma_end": 0.0},
-        {"mixture": "m", "library": "flowode", "method": "b", "grid": "leading", "nfe_target": 5, "nfe": 5,
-         "rmse": 0.01, "sigma_start": 10.0, "sigma_end": 0.0},
-        {"mixture": "m", "library": "diffusers", "method": "c", "grid": "default", "nfe_target": 5, "nfe": 5,
-         "rmse": 0.4, "sigma_start": smax, "sigma_end": 0.0},
+        {"problem": "p", "solver": "a", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.3},
+        {"problem": "p", "solver": "a", "nfe_budget": 5, "spacing_requested": "logsnr", "rmse": 0.1},
+        {"problem": "p", "solver": "b", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.2},
+        {"problem": "p", "solver": "c", "nfe_budget": 5, "spacing_requested": "optimized", "rmse": 0.01},
+        {"problem": "p", "solver": "diffusers:d", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.001},
+        {"problem": "p", "solver": "e", "nfe_budget": 10, "spacing_requested": None, "rmse": 0.001},
+        {"problem": "q", "solver": "f", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.001},
+        {"problem": "p", "solver": "g", "nfe_budget": 5, "spacing_requested": None, "rmse": None, "error": "x"},
     ]
-    t = accuracy.table(rows, [5])
-    assert "| 0.500 |" in t and "leading" not in t
+    assert accuracy.optimize_top(rows, "p", 5, 1) == ["a"]
+    assert accuracy.optimize_top(rows, "p", 5, 0) == ["a", "b"]
+
+
+def test_small_run_through_the_engine_resumes_and_reports(tmp_path):
+    out = tmp_path / "acc.jsonl"
+    argv = ["--problems", "gmm2d", "--samples", "8", "--nfe", "5", "--solvers", "ddim", "heun", "--peers",
+            "diffusers:ddim", "k-diffusion:euler", "--calibration", "8", "--opt-evals", "5", "--optimize-top", "1",
+            "--out", str(out), "--markdown", str(tmp_path / "acc.md"), "--plot", str(tmp_path / "acc.png"),
+            "--no-progress"]
+    before = torch.get_default_dtype()
+    accuracy.main(argv)
+    assert torch.get_default_dtype() is before  # float64 inside main() only
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len({r["key"] for r in recs}) == len(recs)
+    flowode_cells = [r for r in recs if ":" not in r["solver"]]
+    assert len(flowode_cells) == 2 * 8 + 1  # two solvers x {default + 7 spacings} + one optimised grid
+    opt = [r for r in recs if r.get("spacing_requested") == "optimized"]
+    assert len(opt) == 1 and opt[0]["solver"] == accuracy.optimize_top(recs, "gmm2d", 5, 1)[0]
+    size = out.stat().st_size
+    accuracy.main(argv)  # resumed: nothing runs again
+    assert out.stat().st_size == size
+    md = (tmp_path / "acc.md").read_text()
+    assert "### Best flowode solver + grid vs best peer" in md and "| gmm2d | 5 |" in md
+    assert (tmp_path / "acc.png").stat().st_size > 1000
+    accuracy.main(argv + ["--table-only"])
+    assert (tmp_path / "acc.md").read_text() == md

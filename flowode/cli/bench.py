@@ -33,11 +33,13 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
                         "module:function, or a shipped checkpoint name (default gmm2d)")
     p.add_argument("--solvers", metavar="LIST",
                    help="comma-separated solvers, options in brackets: 'ddim,ddim[eta=0.5],heun[coordinates=lambda]' "
-                        "(default: a few good registered ones; see `flowode solvers`)")
+                        "(default: a few good registered ones; see `flowode solvers`); other libraries' samplers "
+                        "as peers: 'diffusers:ddim,k-diffusion:euler' (when installed)")
     p.add_argument("--nfe", metavar="LIST", help=f"comma-separated NFE budgets (default {DEFAULT_NFE})")
     p.add_argument("--spacing", "--spacings", dest="spacings", metavar="LIST",
                    help="comma-separated grid spacings (trailing, leading, linspace, quadratic, uniform_t, logsnr, "
-                        "karras); default: each solver's own default")
+                        "karras, optimized: flowode.optimize_grid per solver and budget); default: each solver's "
+                        "own default")
     p.add_argument("--seeds", metavar="LIST", help="comma-separated seeds for the initial noise (default 0)")
     p.add_argument("--samples", type=int, help="batch size per cell (default: the problem's, e.g. 512 for gmm2d)")
     p.add_argument("--tolerances", metavar="LIST",
@@ -80,7 +82,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[Any, Path, list[str]]:
 def write_outputs(records: list[dict[str, Any]], missing: list[str], out: Path, formats: list[str],
                   spec: Any, figures: bool = True) -> list[Path]:
     """table.md and the figures for ``records``; returns the figure paths."""
-    from ..bench import get_problem, markdown_table
+    from ..bench import get_problem, is_peer, markdown_table
 
     table = markdown_table(records, missing)
     (out / "table.md").write_text(table)
@@ -95,7 +97,7 @@ def write_outputs(records: list[dict[str, Any]], missing: list[str], out: Path, 
         prob = get_problem(name)
         specs: dict[str, tuple[str, dict[str, Any]]] = {}
         for r in records:
-            if r["problem"] == name and not r.get("error") and not r.get("adaptive"):
+            if r["problem"] == name and not r.get("error") and not r.get("adaptive") and not is_peer(r["solver"]):
                 specs.setdefault(r["label"].split(" (")[0], (r["solver"], dict(r.get("options") or {})))
         if prob.dim != 2 or not budgets or not specs:
             continue
