@@ -17,7 +17,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .parameterization import PREDICTIONS, from_eps_x0, per_sample, to_eps, to_x0, x0_from_eps
+from .parameterization import PREDICTIONS, eps_from_x0, from_eps_x0, per_sample, to_eps, to_x0, x0_from_eps
 from .schedules import Schedule
 
 __all__ = ["EpsilonModel", "Prediction", "NetworkOutputError", "PREDICTIONS"]
@@ -292,7 +292,7 @@ class EpsilonModel:
         if self.clip_x0 is not None or self.dynamic_threshold is not None:
             x0 = self._threshold(pred.x0)
             zero_std = isinstance(std, float) and std == 0.0
-            eps = pred.eps if zero_std else (x - alpha * x0) / std
+            eps = pred.eps if zero_std else eps_from_x0(x, x0, alpha, std)
             pred = Prediction(eps, x0)
         return pred
 

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .models import EpsilonModel
+from .parameterization import from_eps_x0
 from .schedules import DiscreteVPSchedule
 
 __all__ = ["TrainConfig", "TrainResult", "train", "make_schedule", "schedule_spec", "schedule_from_spec",
@@ -214,14 +215,11 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
 # ------------------------------------------------------------------------------ training
 def training_target(target: str, x0: Tensor, eps: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """The regression target for ``x_n = alpha x0 + std eps`` (``alpha = sqrt(abar_n)``,
-    ``std = sqrt(1 - abar_n)``): ``eps``, ``v = alpha eps - std x0`` or ``x0``."""
-    if target == "eps":
-        return eps
-    if target == "v":
-        return alpha * eps - std * x0
-    if target == "x0":
-        return x0
-    raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
+    ``std = sqrt(1 - abar_n)``): ``eps``, ``v = alpha eps - std x0`` or ``x0``
+    (:func:`flowode.parameterization.from_eps_x0`)."""
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
+    return from_eps_x0(target, eps, x0, alpha, std)
 
 
 def _batch(data: DataSource, labels: Optional[Tensor], n: int, g: torch.Generator
