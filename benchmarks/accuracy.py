@@ -118,9 +118,11 @@ def peer_groups(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[st
 
 
 def optimize_top(records: list[dict[str, Any]], problem: str, nfe: int, k: int) -> list[str]:
-    """The ``k`` flowode solvers (all if 0) with the lowest RMSE on a built-in grid at ``nfe``."""
+    """The ``k`` flowode solvers (all if 0) with the lowest RMSE on a built-in full-range grid at
+    ``nfe`` (a run that starts below sigma_max solves a shorter problem and must not decide which
+    solvers get a fitted grid)."""
     best: dict[str, float] = {}
-    for r in records:
+    for r in full_range(records):
         if (r["problem"] == problem and not is_peer(r["solver"]) and r.get("nfe_budget") == nfe
                 and r.get("spacing_requested") != OPTIMIZED and isinstance(r.get("rmse"), float)
                 and math.isfinite(r["rmse"])):

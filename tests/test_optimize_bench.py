@@ -14,16 +14,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 accuracy = pytest.importorskip("accuracy")
 
 
-def test_optimize_top_ranks_builtin_grids_of_flowode_only():
+def test_optimize_top_ranks_builtin_full_range_grids_of_flowode_only():
+    full = {"sigma_from": 157.4, "sigma_to": 0.0}
     rows = [
-        {"problem": "p", "solver": "a", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.3},
-        {"problem": "p", "solver": "a", "nfe_budget": 5, "spacing_requested": "logsnr", "rmse": 0.1},
-        {"problem": "p", "solver": "b", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.2},
-        {"problem": "p", "solver": "c", "nfe_budget": 5, "spacing_requested": "optimized", "rmse": 0.01},
-        {"problem": "p", "solver": "diffusers:d", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.001},
-        {"problem": "p", "solver": "e", "nfe_budget": 10, "spacing_requested": None, "rmse": 0.001},
-        {"problem": "q", "solver": "f", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.001},
+        {"problem": "p", "solver": "a", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.3, **full},
+        {"problem": "p", "solver": "a", "nfe_budget": 5, "spacing_requested": "logsnr", "rmse": 0.1, **full},
+        {"problem": "p", "solver": "b", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.2, **full},
+        {"problem": "p", "solver": "c", "nfe_budget": 5, "spacing_requested": "optimized", "rmse": 0.01, **full},
+        {"problem": "p", "solver": "diffusers:d", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.001, **full},
+        {"problem": "p", "solver": "e", "nfe_budget": 10, "spacing_requested": None, "rmse": 0.001, **full},
+        {"problem": "q", "solver": "f", "nfe_budget": 5, "spacing_requested": None, "rmse": 0.001, **full},
         {"problem": "p", "solver": "g", "nfe_budget": 5, "spacing_requested": None, "rmse": None, "error": "x"},
+        # a run that starts below sigma_max (leading spacing) solves a shorter problem: not ranked
+        {"problem": "p", "solver": "h", "nfe_budget": 5, "spacing_requested": "leading", "rmse": 1e-4,
+         "sigma_from": 80.0, "sigma_to": 0.0},
     ]
     assert accuracy.optimize_top(rows, "p", 5, 1) == ["a"]
     assert accuracy.optimize_top(rows, "p", 5, 0) == ["a", "b"]
