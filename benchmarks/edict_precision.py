@@ -29,11 +29,18 @@ import torch
 import flowode
 from flowode.analytic import gmm_random, gmm_ring
 from flowode.invert import InversionWarning, roundtrip
-from flowode.invert._common import ddim_coefficients, rel_max_error
+from flowode.invert._common import rel_max_error
 from flowode.models import Prediction
+from flowode.solvers.ddim import ddim_coefficients as _coefficients
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from inversion import SCHED, net_model, train_ring_mlp  # noqa: E402
+
+
+def ddim_coefficients(model, sigma, sigma_next):  # type: ignore[no-untyped-def]
+    """``(A, B)`` of the DDIM step of ``model``'s schedule (flowode.solvers.ddim.ddim_coefficients)."""
+    alpha = model.schedule.alpha_from_sigma
+    return _coefficients(float(alpha(sigma)), float(alpha(sigma_next)), sigma, sigma_next)
 
 F32, F64 = torch.float32, torch.float64
 P = 0.93

@@ -140,8 +140,8 @@ def adaptive():
     x = x_(16, scale=1.0)
     grid = torch.tensor([10.0, 0.1], dtype=F64)
     ref = GAUSS.flow(x, 10.0, 0.1, LVP)
-    for solver in ["dopri5", "bosh3", "adaptive_heun", "dopri8", "scipy_rk45", "scipy_dop853", "scipy_lsoda",
-                   "bs23_per_sample"]:
+    for solver in ["dopri5", "dp45", "bosh3", "bs23", "adaptive_heun", "dopri8", "scipy_rk45", "scipy_dop853",
+                   "scipy_lsoda", "bs23_per_sample"]:
         for coords in ("sigma", "lambda", "t"):
             if solver == "bs23_per_sample" and coords != "sigma":
                 continue
@@ -166,7 +166,7 @@ def adaptive():
     grid = torch.tensor([10.0, 0.02], dtype=F64)
     ref = reference_solve(mg, xg, 10.0, 0.02)
     for tol in (1e-3, 1e-4, 1e-5):
-        for solver in ("bosh3", "bs23_per_sample", "dopri5", "scipy_rk45"):
+        for solver in ("bosh3", "bs23", "bs23_per_sample", "dopri5", "dp45", "scipy_rk45"):
             sol = flowode.integrate(mg, xg, grid, solver=solver, rtol=tol, atol=tol)
             e = (sol.x - ref).abs().flatten(1).max(1).values / tol
             print(f"| {tol:.0e} | {solver} | {sol.nfe} | {float(e.max()):.2f} | {float(e.median()):.2f} |")
