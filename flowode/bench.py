@@ -3,7 +3,8 @@
 For every *cell* ``(problem, solver, options, NFE budget, spacing, seed, samples)`` the engine
 
 1. builds the grid: the largest step count whose exact cost ``solver.nfe(grid)`` fits the budget
-   (:func:`flowode.integrate.steps_for_nfe`, the same rule as ``flowode.sample(..., nfe=N)``);
+   (:func:`flowode.grids.steps_for_nfe` via :func:`flowode.grids.resolve_grid`, the same rule as
+   ``flowode.sample(..., nfe=N)``);
    adaptive solvers ignore budgets and run once per tolerance in ``tolerances`` instead;
 2. draws ``x_T`` from the prior at ``grid[0]`` with ``torch.Generator().manual_seed(seed)``, so every
    solver starts from the same noise;
