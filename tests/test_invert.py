@@ -229,8 +229,9 @@ def test_fixed_point_multistep_dpmpp2m(ring):
 def test_fixed_point_other_registered_multistep_solvers(ring, solver, opts):
     """The inverted map is the stepper's own step with the decode's solver state, so registered
     multistep solvers other than DPM-Solver++(2M) invert with the same code, and the decode is the
-    solver itself. (The sweeps do not contract for every one: eps-space AB2+ (ipndm, deis order >= 2)
-    and 3M stall at ~1e-1 on this grid and warn; measured in docs/inversion.md.)"""
+    solver itself. (The sweeps do not contract for every one: ipndm and deis (default basis) of order
+    >= 2, 3M and UniPC with its corrector stall at ~1e-1 on this grid and warn, while adams_bashforth in
+    sigma and deis with basis="rho" converge; measured in docs/inversion.md.)"""
     model = ring.model(SCHED)
     x0 = _batch(ring, torch.float64, 6)
     g = flowode.sigma_grid(SCHED, 10, "logsnr")
