@@ -159,8 +159,8 @@ def table_fixed_point(data, x64) -> list[str]:
         if label.startswith("float64 state"):
             inner = model.predict
 
-            def predict(z, sigma, inner=inner):
-                e = inner(z.to(F32), sigma).eps.to(F64)
+            def predict(z, sigma, inner=inner, **kw):
+                e = inner(z.to(F32), sigma, **kw).eps.to(F64)
                 return Prediction(e, z / float(SCHED.alpha_from_sigma(float(sigma))) - float(sigma) * e)
             model.predict = predict
             kw = {"tol": 1e-13}
