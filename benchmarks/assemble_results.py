@@ -12,7 +12,8 @@ import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 ORDER = [
-    ("overhead.md", "Solver-loop overhead (issue 4)"),
+    ("overhead.md", "Solver-loop overhead (issues 4 and 9)"),
+    ("memory.md", "Memory of sampling a trainable network (issue 9)"),
     ("accuracy.md", "Accuracy per NFE against the exact flow, flowode vs diffusers and k-diffusion (issue 3)"),
     ("exponential.md", "Exponential integrators: orders and oracle checks (issue 3)"),
     ("multistep_adaptive.md", "Linear multistep and adaptive solvers (issue 3)"),

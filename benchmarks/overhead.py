@@ -144,8 +144,12 @@ def main() -> None:
         runs["diffusers DPMSolverMultistepScheduler (2M) loop"] = lambda: diffusers_loop(dpm_s)
     except ImportError:
         notes.append("diffusers is not installed: its rows are missing.")
+    from flowode.bench.peers import k_diffusion_sampling  # the package, or k_diffusion.sampling loaded alone
+
+    ksampling = k_diffusion_sampling()
     try:
-        from k_diffusion import sampling as ksampling  # type: ignore[import-not-found]
+        if ksampling is None:
+            raise ImportError
 
         sig_k = torch.tensor([s * math.sqrt(1) for s in sig], device=dev)
         kmodel = lambda x, s, **kw: x * 0.1  # noqa: E731  (VE-style denoiser, just as cheap)

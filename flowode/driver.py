@@ -41,7 +41,7 @@ __all__ = ["take_step", "fixed_loop", "adaptive_loop", "embedded_interval", "cou
            "DEFAULT_CHECK_INTERVAL"]
 
 #: steps between two NaN / Inf checks of the state (the last step is always checked)
-DEFAULT_CHECK_INTERVAL = 16
+DEFAULT_CHECK_INTERVAL = 32
 
 Callback = Callable[[StepEvent], Any]
 

@@ -48,7 +48,7 @@ from ..schedules import DiscreteVPSchedule, Schedule
 from ..solvers import UnknownSolverError
 
 __all__ = ["Peer", "PeerRun", "EpsCounter", "DiffusersPeer", "KDiffusionPeer", "PEERS", "register_peer", "get_peer",
-           "is_peer"]
+           "is_peer", "k_diffusion_sampling"]
 
 EpsFn = Callable[[Tensor, float], Tensor]
 
@@ -260,7 +260,7 @@ def _knot_sigmas(schedule: DiscreteVPSchedule) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- k-diffusion
 @functools.lru_cache(maxsize=1)
-def _k_sampling() -> Optional[types.ModuleType]:
+def k_diffusion_sampling() -> Optional[types.ModuleType]:
     """``k_diffusion.sampling`` -- through the package if it imports, else loaded alone with a
     stand-in for ``k_diffusion.utils`` (sampling uses only its ``append_dims``)."""
     try:
@@ -301,7 +301,7 @@ class KDiffusionPeer(Peer):
         self.sampler = sampler
 
     def _fn(self) -> Callable[..., Tensor]:
-        ks = _k_sampling()
+        ks = k_diffusion_sampling()
         if ks is None:
             raise ImportError("k_diffusion.sampling does not import")
         return getattr(ks, self.sampler)  # type: ignore[no-any-return]
@@ -319,7 +319,7 @@ class KDiffusionPeer(Peer):
 
     def _run(self, eps: EpsFn, x: Tensor, schedule: Schedule, steps: int, spacing: Optional[str],
              options: dict[str, Any]) -> PeerRun:
-        ks = _k_sampling()
+        ks = k_diffusion_sampling()
         assert ks is not None
         if spacing in (None, "karras"):
             sig = ks.get_sigmas_karras(steps, schedule.sigma_min, schedule.sigma_max, rho=7.0,
