@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .grids import check_grid, sigmas_from_timesteps
 from .models import EpsilonModel
+from .parameterization import per_sample
 from .schedules import DiscreteVPSchedule, Schedule
 
 __all__ = ["from_diffusers", "diffusers_schedule", "diffusers_sigmas", "DenoiserModel", "PREDICTION_TYPES"]
@@ -153,6 +154,8 @@ class DenoiserModel(EpsilonModel):
     (:meth:`EpsilonModel.predict`), so the first encode step matches the equivalent eps model.
     """
 
+    per_sample_network = True
+
     def __init__(self, denoiser: Callable[[Tensor, Tensor], Tensor], schedule: Schedule, **kwargs: Any) -> None:
         if not callable(denoiser):
             raise TypeError(f"`denoiser` must be callable D(xbar, sigma), got {type(denoiser).__name__}.")
@@ -167,12 +170,21 @@ class DenoiserModel(EpsilonModel):
         return self.denoiser(x / alpha.view(shape), sigma.to(x))
 
     def network(self, x: Tensor, sigma: Union[float, Tensor]) -> Tensor:
-        s = float(sigma)  # never 0: EpsilonModel.predict evaluates sigma = 0 at sigma_min
+        """``D(x / alpha, sigma)``: ``sigma`` a float shared by the batch (never 0: ``predict``
+        evaluates sigma = 0 at sigma_min) or a ``(B,)`` tensor of per-sample levels."""
+        if isinstance(sigma, Tensor):
+            sig = sigma.detach().to("cpu", torch.float64)
+            if bool(torch.isinf(sig).any()):
+                raise ValueError(_NO_INF)
+            alphas = per_sample(torch.as_tensor(self.schedule.alpha_from_sigma(sig)), x)
+            return self.denoiser(x / alphas, sig.to(dtype=x.dtype, device=x.device))
+        s = float(sigma)
         if math.isinf(s):
-            raise ValueError(
-                "a denoiser D(xbar, sigma) cannot be evaluated at sigma = inf (xbar = x / alpha is infinite at "
-                "zero terminal SNR); start the grid at a finite sigma (`sigma_max=`)."
-            )
+            raise ValueError(_NO_INF)
         alpha = float(self.schedule.alpha_from_sigma(s))
         xbar = x / alpha if alpha != 1.0 else x
         return self.denoiser(xbar, torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device))
+
+
+_NO_INF = ("a denoiser D(xbar, sigma) cannot be evaluated at sigma = inf (xbar = x / alpha is infinite at "
+           "zero terminal SNR); start the grid at a finite sigma (`sigma_max=`).")

@@ -41,6 +41,7 @@ class AnalyticModel(EpsilonModel):
     """
 
     defined_at_zero = True
+    per_sample_network = True
 
     def __init__(self, exact_eps, schedule: Schedule, prediction: str = "eps", *,  # type: ignore[no-untyped-def]
                  data_mean: Optional[Tensor] = None, **kwargs) -> None:
@@ -220,6 +221,7 @@ def gmm_random(dim: int = 64, k: int = 8, std: float = 0.3, scale: float = 1.0, 
 
 
 # ------------------------------------------------------------------------------ reference solves
+@torch.no_grad()
 def reference_solve(model: EpsilonModel, x: Tensor, sigma_from: float, sigma_to: float, *,
                     rtol: float = 1e-10, atol: float = 1e-10, method: str = "DOP853") -> Tensor:
     """Solve the probability-flow ODE ``d xbar / d sigma = eps`` tightly with scipy in float64.

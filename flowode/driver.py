@@ -49,13 +49,14 @@ Callback = Callable[[StepEvent], Any]
 class Hooks:
     """The optional per-step side effects of a solve."""
 
-    __slots__ = ("recorder", "progress", "callback")
+    __slots__ = ("recorder", "progress", "callback", "events")
 
     def __init__(self, recorder: Optional[Recorder] = None, progress: Any = None,
                  callback: Optional[Callback] = None) -> None:
         self.recorder = recorder if recorder is not None and recorder.active else None
         self.progress = progress
         self.callback = callback
+        self.events = 0  # accepted steps so far (adaptive solves: boundary and interval steps alike)
 
 
 # ------------------------------------------------------------------------------------------ one step
@@ -95,7 +96,7 @@ def fixed_loop(run: Run, stepper: Stepper, x: Tensor, hooks: Optional[Hooks] = N
     kinds = [classify(a, b) for a, b in steps.pairs]
     native = [k is None or stepper.native(k) for k in kinds]
     state = stepper.init(run)
-    check = run.model.check_finite and check_interval > 0 and not run.check_calls
+    check = run.model.check_finite and check_interval > 0
     start = _Start(run, stepper, x) if check else None
     if rec is not None:
         rec.state(steps.levels[0], x)
@@ -165,7 +166,7 @@ class _Start:
         run, grid = self.run, self.run.grid
         if not _finite(self.x):
             raise ValueError("`x` contains NaN or Inf.")
-        run.check_calls = True
+        before, run.check_calls = run.check_calls, True
         if self.rng is not None:
             run.set_rng_state(self.rng, self.x.device)
         x, state = self.x, self.stepper.init(run)
@@ -181,7 +182,7 @@ class _Start:
                         "steps, or run the state in float64."
                     )
         finally:
-            run.check_calls = False
+            run.check_calls = before
         raise NetworkOutputError(
             f"the state became NaN/Inf by step {last} (sigma {grid[last]:.6g} -> {grid[last + 1]:.6g}), but a replay "
             "of the solve with every network output checked stayed finite: the network is not deterministic. "
@@ -190,7 +191,9 @@ class _Start:
 
 
 # ------------------------------------------------------------------------------------------ cost
-_COST_CACHE: dict[tuple[Any, ...], int] = {}
+#: (stepper class, options, grid, id(schedule)) -> (evaluations, schedule): the value holds the schedule
+#: so its id cannot be reused while the entry lives
+_COST_CACHE: dict[tuple[Any, ...], tuple[int, Optional[Schedule]]] = {}
 
 
 def count_evaluations(stepper: Stepper, grid: list[float], schedule: Optional[Schedule] = None) -> int:
@@ -199,7 +202,7 @@ def count_evaluations(stepper: Stepper, grid: list[float], schedule: Optional[Sc
     key = (type(stepper), repr(stepper), tuple(grid), id(schedule))
     hit = _COST_CACHE.get(key)
     if hit is not None:
-        return hit
+        return hit[0]
     sched = schedule if schedule is not None else _covering_schedule(grid)
     model = EpsilonModel(lambda x, t: torch.zeros_like(x), sched, prediction="x0", check_finite=False)
     run = Run(model, grid, generator=torch.Generator().manual_seed(0))
@@ -208,7 +211,7 @@ def count_evaluations(stepper: Stepper, grid: list[float], schedule: Optional[Sc
         fixed_loop(run, stepper, torch.zeros(1, 1, dtype=torch.float64), check_interval=0)
     if len(_COST_CACHE) > 4096:
         _COST_CACHE.clear()
-    _COST_CACHE[key] = run.nfe
+    _COST_CACHE[key] = (run.nfe, schedule)
     return run.nfe
 
 
@@ -239,6 +242,14 @@ def adaptive_loop(run: Run, stepper: AdaptiveStepper, x: Tensor,
     stats: dict[str, Any] = {"coordinates": stepper.coordinates, "interval": (a, b), "boundary_steps": []}
     if rec is not None:
         rec.check_levels(grid, (grid[0], grid[-1]))
+        inside = [v for v in sorted(rec.levels or ()) if v not in (grid[0], grid[-1])
+                  and not min(a, b) <= v <= max(a, b)]
+        if inside:
+            raise ValueError(
+                f"`save_at` level(s) {inside[:5]} fall inside a boundary step of this adaptive solve ({grid[0]:.6g} -> "
+                f"{a:.6g} or {b:.6g} -> {grid[-1]:.6g}: one DDIM step), where no state exists; choose levels in "
+                f"[{min(a, b):.6g}, {max(a, b):.6g}] or the grid's ends."
+            )
         rec.state(grid[0], x)
     if plan.before is not None:
         x = _boundary(run, x, plan.before, stats, hooks, record=a != b)
@@ -285,14 +296,18 @@ def adaptive_loop(run: Run, stepper: AdaptiveStepper, x: Tensor,
 def _boundary(run: Run, x: Tensor, ends: tuple[float, float], stats: dict[str, Any], hooks: Hooks,
               record: bool) -> Tensor:
     a, b = ends
+    run.step = hooks.events
     x, pred = boundary_step(run, x, a, b)
     stats["boundary_steps"].append((a, b))
-    if hooks.recorder is not None and record:
-        hooks.recorder.state(b, x)
+    if hooks.recorder is not None:
+        hooks.recorder.prediction(a, pred)
+        if record:
+            hooks.recorder.state(b, x)
     if hooks.progress is not None:
         hooks.progress.update(1)
     if hooks.callback is not None:
-        hooks.callback(StepEvent(len(stats["boundary_steps"]) - 1, a, b, x, pred, run.nfe))
+        hooks.callback(StepEvent(hooks.events, a, b, x, pred, run.nfe))
+    hooks.events += 1
     return x
 
 
@@ -301,7 +316,6 @@ def _interval(run: Run, stepper: AdaptiveStepper, fld: ProbabilityFlow, x: Tenso
     y0, s0, s1 = fld.to_state(x, a), fld.s_of_sigma(a), fld.s_of_sigma(b)
     outputs = [fld.s_of_sigma(v) for v in outs]
     lo, hi = min(s0, s1), max(s0, s1)
-    count = [0]
 
     def on_accept(sa: Any, sb: Any, y: Optional[Tensor], pred: Any = None) -> None:
         if hooks.progress is not None:
@@ -310,8 +324,9 @@ def _interval(run: Run, stepper: AdaptiveStepper, fld: ProbabilityFlow, x: Tenso
             sig_b = fld.sigma_of_s(sb) if not isinstance(sb, Tensor) else sb
             state = None if y is None else fld.from_state(y, sig_b)
             sig_a = fld.sigma_of_s(sa) if not isinstance(sa, Tensor) else sa
-            hooks.callback(StepEvent(count[0], sig_a, sig_b, state, pred, run.nfe))  # type: ignore[arg-type]
-        count[0] += 1
+            hooks.callback(StepEvent(hooks.events, sig_a, sig_b, state, pred, run.nfe))  # type: ignore[arg-type]
+        hooks.events += 1
+        run.step = hooks.events  # an evaluation that fails now names the accepted steps before it
 
     try:
         if isinstance(stepper, EmbeddedRungeKutta):
@@ -396,11 +411,12 @@ def embedded_interval(run: Run, stepper: EmbeddedRungeKutta, fld: ProbabilityFlo
             en = ctrl.norm(err, ya, y1, stepper.rtol, stepper.atol, per)
             if not bool(torch.isfinite(en).all()):
                 sig = fld.sigma_of_s(float(sa.max() if direction < 0 else sa.min()))
-                raise SolverError(
-                    f"solver {stepper.name!r}: the step from sigma={sig:.6g} gave a NaN/Inf error estimate although "
-                    f"every network output was finite (the state overflowed, {y0.dtype}); pass a smaller "
-                    "`first_step` or run the state in float64."
-                )
+                why = ("although every network output was finite (the state overflowed, {}); pass a smaller "
+                       "`first_step` or run the state in float64".format(y0.dtype) if run.model.check_finite else
+                       "(the model's NaN/Inf checks are off, check_finite=False: the network or the state is not "
+                       "finite)")
+                raise SolverError(f"solver {stepper.name!r}: the step from sigma={sig:.6g} gave a NaN/Inf error "
+                                  f"estimate {why}.")
             ok, h_new = ctrl.adapt(en, err_prev[idx], ha, q)
             h[idx] = h_new
             rej[idx[~ok]] += 1
@@ -448,5 +464,7 @@ def embedded_interval(run: Run, stepper: EmbeddedRungeKutta, fld: ProbabilityFlo
     if status == "ok":
         return IntervalResult(y, s1, outs + [y], int(acc.sum()), int(rej.sum()), sizes[0], starts[0], status, extra)
     s_end: Any = s if per else float(s[0])
-    done = [] if per else outs[:reached]
+    if per:  # the output points every sample has passed are complete
+        reached = min(int(next_stop.min()), len(outs))
+    done = outs[:reached]
     return IntervalResult(y, s_end, done, int(acc.sum()), int(rej.sum()), sizes[0], starts[0], status, extra)

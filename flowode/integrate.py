@@ -22,7 +22,7 @@ from .driver import DEFAULT_CHECK_INTERVAL, Hooks, adaptive_loop, fixed_loop
 from .grids import check_grid, resolve_grid, split_grid_options
 from .models import EpsilonModel
 from .recording import Recorder, SaveAt, StepEvent
-from .solvers.base import AdaptiveStepper, Stepper
+from .solvers.base import AdaptiveStepper, SolverError, Stepper
 from .solvers.boundary import check_direction
 from .solvers.registry import make
 from .solvers.run import Run
@@ -46,7 +46,9 @@ class Solution:
         sigmas: the grid actually used (float64, CPU).
         solver: the solver's registry name.
         trajectory: the states kept by ``save_at`` (``save_trajectory=True``: every grid point; for
-            adaptive solvers every point visited), ``(len, *x.shape)``, else ``None``.
+            adaptive solvers the grid's levels and the ends of the boundary steps -- the inner grid
+            levels are output points, the accepted steps themselves are in ``stats``),
+            ``(len, *x.shape)``, else ``None``.
         trajectory_sigmas: the sigma of each trajectory entry.
         denoised: the x0 prediction made at the start of each kept step, or ``None``.
         stats: solver counters, e.g. ``steps``, ``orders``, ``accepted``, ``rejected``, ``step_sizes``.
@@ -145,9 +147,12 @@ def integrate(
             networks whose parameters require grad; ``"autograd"``: backpropagate through the steps.
         check_interval: steps between NaN / Inf checks of the state (fixed-step solvers; the last
             step is always checked, and a failed check replays the solve with every network output
-            checked to name the exact step). ``1`` checks every network output as it comes (exact
-            also for a network that is not deterministic). ``EpsilonModel(check_finite=False)``
-            turns the checks off.
+            checked to name the exact step). ``1`` checks every network output as it comes and the
+            state after every step (exact also for a network that is not deterministic); a model
+            with ``clip_x0`` or ``dynamic_threshold`` always has its outputs checked per call (the
+            clamp would turn an Inf output into a finite state). Adaptive solvers check every
+            output. ``EpsilonModel(check_finite=False)`` turns off the checks of network outputs
+            and of the state (the input ``x`` is still checked once).
         **options: the solver's options (e.g. ``eta=0.5``, ``coordinates="lambda"``, ``rtol=1e-5``).
 
     Returns:
@@ -168,10 +173,17 @@ def integrate(
         raise ValueError(f"`check_interval` must be a positive integer (steps between checks), got {check_interval!r}.")
     grid = check_grid(sigmas, model.schedule)
     stepper = make(solver, **options)
+    if grad is not None and not stepper.differentiable:
+        raise SolverError(
+            f"solver {stepper.name!r} cannot be differentiated (`grad`={grad!r}): its state goes through NumPy, so "
+            "autograd would see only the boundary steps. Use a torch solver, e.g. 'dopri5' or 'dp45'."
+        )
     if stepper.adaptive or not model.check_finite or check_interval == 1:
         _check_state(x)
     levels = [float(v) for v in grid.tolist()]
-    run = Run(model, levels, generator=generator, check_calls=check_interval == 1)
+    # a model that clamps x0 maps an Inf network output to a finite state: check its outputs per call
+    strict = check_interval == 1 or model.clip_x0 is not None or model.dynamic_threshold is not None
+    run = Run(model, levels, generator=generator, check_calls=strict)
     stepper.check(run)
     check_direction(levels, stepper.name)
     recorder = Recorder("steps" if save_trajectory and save_at is None else save_at)

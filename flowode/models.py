@@ -82,6 +82,10 @@ class EpsilonModel:
 
     #: whether the model can be evaluated at sigma = 0 itself (exact analytic models can)
     defined_at_zero: bool = False
+    #: whether an overridden :meth:`network` accepts a ``(B,)`` tensor of per-sample levels; a subclass
+    #: that overrides ``network`` without setting it is evaluated one distinct level at a time (still
+    #: one evaluation). The base ``network`` passes per-sample timesteps to ``fn``.
+    per_sample_network: bool = False
 
     def __init__(
         self,
@@ -256,6 +260,8 @@ class EpsilonModel:
             raise ValueError("per-sample evaluation at sigma = 0 is not supported; evaluate those samples apart.")
         if bool((sig == sig[0]).all()):
             return self.predict(x, float(sig[0]), check=check, step=step)
+        if type(self).network is not EpsilonModel.network and not type(self).per_sample_network:
+            return self._predict_by_level(x, sig, check, step)
         alpha = per_sample(torch.as_tensor(self.schedule.alpha_from_sigma(sig)), x)
         std = per_sample(torch.as_tensor(self.schedule.std_from_sigma(sig)), x)
         outs = self._raw(x, sig)
@@ -265,6 +271,19 @@ class EpsilonModel:
         self.nfe += 1
         preds = [self._convert(o, x, per_sample(sig, x), alpha, std) for o in outs]
         return self._finish(preds, x, alpha, std)
+
+    def _predict_by_level(self, x: Tensor, sig: Tensor, check: bool, step: Optional[int]) -> Prediction:
+        """Per-sample levels for a network that takes one level per call: one call per distinct
+        level, counted as one evaluation of the batch (``network_passes`` counts the calls)."""
+        eps = torch.empty_like(x)
+        x0 = torch.empty_like(x)
+        nfe = self.nfe
+        for v in torch.unique(sig).tolist():
+            idx = (sig == v).nonzero().flatten().to(x.device)
+            pred = self.predict(x[idx], float(v), check=check, step=step)
+            eps[idx], x0[idx] = pred.eps, pred.x0
+        self.nfe = nfe + 1
+        return Prediction(eps, x0)
 
     def _convert(self, out: Tensor, x: Tensor, sigma: Level, alpha: Level, std: Level) -> Prediction:
         """Raw output -> (eps, x0) by :mod:`flowode.parameterization`."""

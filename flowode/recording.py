@@ -3,8 +3,9 @@
 ``save_at`` selects the states to keep:
 
 * ``None`` / ``False`` (default): nothing -- memory does not grow with the number of steps;
-* ``"steps"`` / ``True``: the initial state and the state after every (accepted) step, with the x0
-  prediction made at the start of every step (``Solution.denoised``);
+* ``"steps"`` / ``True``: the initial state and the state after every step, with the x0 prediction
+  made at the start of every step (``Solution.denoised``); for adaptive solvers the state at every
+  grid level and boundary-step end (the accepted steps are in ``Solution.stats``);
 * a sequence of noise levels: the states at those levels (grid levels for fixed-step solvers; any
   level inside the integrated interval for adaptive ones, where the steps land on them).
 """
@@ -32,7 +33,8 @@ class StepEvent:
     Attributes:
         step: index of the step (grid step for fixed-step solvers; accepted step for adaptive ones).
         sigma, sigma_next: where the step started and ended.
-        x: the state at ``sigma_next`` (model coordinates).
+        x: the state at ``sigma_next`` (model coordinates); ``None`` for the rounds of a per-sample
+            adaptive solve, whose ``sigma`` / ``sigma_next`` are then ``(B,)`` tensors.
         pred: the prediction made at the start of the step (``None`` if none was made there).
         nfe: evaluations so far in this solve.
     """

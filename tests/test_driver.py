@@ -251,3 +251,125 @@ def test_solver_overflow_is_named():
     x = torch.zeros(2, 3, dtype=torch.float16)
     with pytest.raises(SolverError, match=r"state became NaN/Inf at step \d+.*overflowed"):
         flowode.integrate(model, x, torch.tensor([80.0, 40.0, 20.0, 10.0, 5.0]), "euler")
+
+
+# ------------------------------------------------------------------------------------------ review regressions
+ZSNR = flowode.DiscreteVPSchedule.linear(zero_terminal_snr=True)
+
+
+def test_clamped_x0_does_not_hide_an_inf_network_output():
+    """clip_x0 turns an Inf x0 into 1: the state stays finite, so such models are checked per call."""
+    def net(x, t):
+        out = torch.tanh(x).clone()
+        if float(t[0]) < 300:
+            out[1] = float("inf")
+        return out
+
+    for kw in ({"clip_x0": (-1.0, 1.0)}, {"dynamic_threshold": 0.9}):
+        m = flowode.EpsilonModel(net, VP, prediction="x0", **kw)
+        with pytest.raises(flowode.NetworkOutputError, match=r"NaN/Inf at sigma=.*\(step \d+\) for samples \[1\]"):
+            flowode.integrate(m, _x(4), flowode.sigma_grid(VP, 20), "ddim")
+
+
+def test_scipy_solvers_refuse_autograd():
+    with pytest.raises(SolverError, match="cannot be differentiated"):
+        flowode.integrate(G.model(LVP), _x(), [10.0, 0.1], "scipy_rk45", grad="autograd")
+
+
+def test_inverters_keep_no_graph_for_a_trainable_network():
+    net = flowode.nets.MLP(dim=3, hidden=16, depth=1)
+    model = flowode.EpsilonModel(net, VP)
+    x0 = _x(4).float()
+    g = flowode.sigma_grid(VP, 5, "logsnr")
+    assert not flowode.invert.fixed_point_encode(model, x0, g, on_fail="ignore").latent.requires_grad
+    assert not flowode.invert.edict_encode(model, x0, g).x.requires_grad
+    assert not flowode.invert.bdia_encode(model, x0, g).z0.requires_grad
+    for method in ("ddim", "fixed_point", "edict", "bdia"):
+        rt = flowode.roundtrip(model, x0, 5, method, on_fail="ignore") if method == "fixed_point" else \
+            flowode.roundtrip(model, x0, 5, method)
+        assert not rt.latent.requires_grad and not rt.reconstruction.requires_grad, method
+
+
+@pytest.mark.parametrize("name", FIXED)
+def test_one_step_from_inf_to_zero(name):
+    """[inf, 0]: a step from zero terminal SNR straight to the data is the DDIM limit, the data mean."""
+    sol = flowode.sample(G.model(ZSNR, "v"), _x(4), steps=1, solver=name, generator=torch.Generator().manual_seed(0))
+    assert sol.nfe == 1 == make(name).nfe(sol.sigmas.tolist(), ZSNR)
+    torch.testing.assert_close(sol.x, G.mean.expand(4, 3), rtol=1e-12, atol=1e-12)
+
+
+def test_per_sample_steps_for_denoisers_and_float_only_networks():
+    edm = flowode.EDMSchedule()
+
+    def D(xbar, sigma):
+        s = sigma.view(-1, 1)
+        return G.mean + (xbar - G.mean) * G.std**2 / (G.std**2 + s**2)
+
+    ref = G.flow(10 * _x(), 10.0, 0.01, edm)
+    den = flowode.DenoiserModel(D, edm)
+    sol = flowode.integrate(den, 10 * _x(), [10.0, 0.01], "bs23_per_sample", rtol=1e-6, atol=1e-6)
+    assert float((sol.x - ref).abs().max()) < 1e-4
+
+    class FloatOnly(flowode.EpsilonModel):  # a user subclass whose network takes one level per call
+        def network(self, x, sigma):
+            s = float(sigma)
+            return G.eps(x, s, 1.0)
+
+    fo = FloatOnly(lambda x, t: x, edm)
+    sol = flowode.integrate(fo, 10 * _x(), [10.0, 0.01], "bs23_per_sample", rtol=1e-6, atol=1e-6)
+    assert float((sol.x - ref).abs().max()) < 1e-4 and sol.nfe == 2 + 3 * sol.stats["rounds"]
+
+
+def test_check_interval_one_still_checks_the_state():
+    m = flowode.EpsilonModel(lambda x, t: torch.full_like(x, 1e38), LVP)
+    for interval in (1, 32):
+        with pytest.raises(SolverError, match="overflowed"):
+            flowode.integrate(m, _x().float(), flowode.sigma_grid(LVP, 10), "ddim", check_interval=interval)
+
+
+def test_inverters_validate_their_grid():
+    m = G.model(VP)
+    g = flowode.sigma_grid(VP, 5, "logsnr")
+    x0 = _x(2)
+    for fn in (flowode.invert.fixed_point_encode, flowode.invert.edict_encode, flowode.invert.bdia_encode):
+        with pytest.raises(flowode.GridError, match="decode"):
+            fn(m, x0, torch.flip(g, [0]))
+        with pytest.raises(SolverError, match="sigma = inf"):
+            fn(G.model(ZSNR, "v"), x0, flowode.sigma_grid(ZSNR, 5, "trailing"))
+
+
+def test_adaptive_save_at_inside_a_boundary_step_is_refused():
+    with pytest.raises(ValueError, match="boundary step"):
+        flowode.integrate(G.model(LVP), _x(), [10.0, 0.0], "bs23", save_at=[LVP.sigma_min / 2, 1.0])
+
+
+def test_partial_per_sample_solve_keeps_the_outputs_every_sample_passed():
+    sol = flowode.integrate(G.model(LVP), _x(4), [10.0, 0.1], "bs23_per_sample", save_at=[5.0], max_nfe=40,
+                            on_max_nfe="return")
+    assert sol.stats["status"] == "max_nfe"
+    assert sol.trajectory_sigmas.tolist() == [5.0]
+    torch.testing.assert_close(sol.trajectory[0], G.flow(_x(4), 10.0, 5.0, LVP), rtol=0, atol=1e-3)
+
+
+def test_adaptive_callback_steps_are_numbered_once_and_errors_name_them():
+    events = []
+    flowode.integrate(G.model(VP), _x(), flowode.sigma_grid(VP, 1), "bs23", callback=events.append)
+    assert [e.step for e in events] == list(range(len(events))) and events[-1].sigma_next == 0.0
+    calls = []
+
+    def fn(x, t):
+        calls.append(1)
+        return x * float("nan") if len(calls) > 40 else G.eps(x / torch.sqrt(1 + VP.sigma(t)[:, None] ** 2),
+                                                               float(VP.sigma(float(t[0]))), 1.0)
+
+    with pytest.raises(flowode.NetworkOutputError, match=r"\(step [1-9]\d*\)"):
+        flowode.integrate(flowode.EpsilonModel(fn, VP), _x(), flowode.sigma_grid(VP, 1), "bs23")
+
+
+def test_user_model_overriding_predict_with_the_plain_signature():
+    class Mine(flowode.EpsilonModel):
+        def predict(self, x, sigma):
+            return super().predict(x, sigma)
+
+    m = Mine(lambda x, t: torch.zeros_like(x), VP)
+    assert flowode.integrate(m, _x(), flowode.sigma_grid(VP, 4), "heun").nfe == 7

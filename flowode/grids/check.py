@@ -38,7 +38,7 @@ def check_grid(sigmas: Union[Tensor, Sequence[float], np.ndarray], schedule: Opt
         return s
     out = _check(s, schedule, name)
     if key is not None:
-        if len(_VALID) > 1024:
+        if len(_VALID) > 256:
             _VALID.clear()
         _VALID[key] = schedule  # the reference keeps the schedule's id from being reused
     return out

@@ -18,7 +18,8 @@ from ..grids import resolve_grid
 from ..models import EpsilonModel
 from ..solvers.boundary import check_direction
 
-__all__ = ["InversionWarning", "decode_grid", "scaled_residual", "rel_max_error", "warn_unconverged"]
+__all__ = ["InversionWarning", "decode_grid", "inversion_levels", "scaled_residual", "rel_max_error",
+           "warn_unconverged"]
 
 
 class InversionWarning(UserWarning):
@@ -48,6 +49,17 @@ def decode_grid(model: EpsilonModel, steps: Optional[int], spacing: Optional[str
     levels = [float(v) for v in g.tolist()]
     check_direction(levels[::-1], getattr(solver, "name", "the inversion"))
     return g
+
+
+def inversion_levels(model: EpsilonModel, sigmas: Union[Tensor, Sequence[float], np.ndarray],
+                     encodes: bool) -> list[float]:
+    """The validated *decode* grid of an inverter as floats: :func:`~flowode.grids.check_grid` on the
+    model's schedule, strictly decreasing, and (for an encode) not starting at ``sigma = inf``."""
+    g = resolve_grid(model.schedule, None, sigmas=sigmas)
+    levels = [float(v) for v in g.tolist()]
+    if encodes:
+        check_direction(levels[::-1], "the inversion")
+    return levels
 
 
 def scaled_residual(r: Tensor, x: Tensor) -> Tensor:

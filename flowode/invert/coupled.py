@@ -51,6 +51,7 @@ from ..models import EpsilonModel
 from ..solvers.boundary import boundary_step
 from ..solvers.ddim import ddim_coefficients
 from ..solvers.run import Run
+from ._common import inversion_levels
 
 __all__ = ["EdictLatent", "edict_encode", "edict_decode", "BdiaLatent", "bdia_encode", "bdia_decode"]
 
@@ -68,10 +69,6 @@ def _check_gamma(gamma: float) -> float:
             f"inverse), got {gamma!r}."
         )
     return float(gamma)
-
-
-def _levels(sigmas: Tensor) -> list[float]:
-    return [float(v) for v in sigmas.tolist()]
 
 
 @dataclass
@@ -114,6 +111,7 @@ def _run(model: EpsilonModel, levels: list[float]) -> Run:
     return Run(model, levels, check_calls=True)
 
 
+@torch.no_grad()
 def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: float = 0.93,
                  accumulate: bool = True) -> EdictLatent:
     """Decode the pair along the decreasing grid ``sigmas`` (EDICT eq. 10-12, 2 NFE per step).
@@ -126,7 +124,7 @@ def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: fl
     ``A x`` against ``B eps``. With ``accumulate=True`` the chains are carried in float64 while
     the network runs in its own dtype (see :func:`edict_encode` for why)."""
     p = _check_p(p)
-    s = _levels(sigmas)
+    s = inversion_levels(model, sigmas, encodes=False)
     run = _run(model, s)
     net_dtype = latent.dtype or latent.x.dtype
     sd = _state_dtype(net_dtype, latent.x.device, accumulate)
@@ -142,6 +140,7 @@ def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: fl
     return EdictLatent((x * al[-1]).to(net_dtype), (y * al[-1]).to(net_dtype), net_dtype, run.nfe)
 
 
+@torch.no_grad()
 def edict_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, p: float = 0.93,
                  y0: Optional[Tensor] = None, accumulate: bool = True) -> EdictLatent:
     """Encode data ``x0`` (state at ``sigmas[-1]``) to the EDICT pair at ``sigmas[0]`` by the exact
@@ -158,7 +157,7 @@ def edict_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, p: float = 0.9
     in both directions and the round trip is exact to ~1e-13. ``accumulate=False`` keeps
     everything in ``x0``'s dtype (the paper's arithmetic)."""
     p = _check_p(p)
-    s = _levels(sigmas)
+    s = inversion_levels(model, sigmas, encodes=True)
     run = _run(model, s)
     net_dtype = x0.dtype
     sd = _state_dtype(net_dtype, x0.device, accumulate)
@@ -205,9 +204,10 @@ def bdia_decode(model: EpsilonModel, latent: BdiaLatent, sigmas: Tensor, gamma: 
     return _bdia_decode(model, latent, sigmas, gamma)[0]
 
 
+@torch.no_grad()
 def _bdia_decode(model: EpsilonModel, latent: BdiaLatent, sigmas: Tensor, gamma: float) -> tuple[Tensor, int]:
     gamma = _check_gamma(gamma)
-    s = _levels(sigmas)
+    s = inversion_levels(model, sigmas, encodes=False)
     run = _run(model, s)
     n = len(s) - 1
     z_prev = latent.z0
@@ -221,11 +221,12 @@ def _bdia_decode(model: EpsilonModel, latent: BdiaLatent, sigmas: Tensor, gamma:
     return z, run.nfe
 
 
+@torch.no_grad()
 def bdia_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, gamma: float = 1.0) -> BdiaLatent:
     """Encode data ``x0`` (state at ``sigmas[-1]``) to the BDIA pair ``(z_0, z_1)``: one naive DDIM
     inverse step to ``sigmas[-2]``, then the exact inverse update (1 NFE per step)."""
     gamma = _check_gamma(gamma)
-    s = _levels(sigmas)
+    s = inversion_levels(model, sigmas, encodes=True)
     run = _run(model, s[::-1])
     n = len(s) - 1
     run.step = n - 1

@@ -48,7 +48,7 @@ from ..driver import take_step
 from ..models import EpsilonModel
 from ..solvers import SolverError, Stepper, make
 from ..solvers.run import Run
-from ._common import scaled_residual, warn_unconverged
+from ._common import inversion_levels, scaled_residual, warn_unconverged
 
 __all__ = ["FixedPointResult", "fixed_point_encode", "default_tol", "solve_fixed_point"]
 
@@ -203,6 +203,7 @@ def _report(res: Tensor, tol: float, i: int, s0: float, s1: float, iters: int, o
     warn_unconverged(what, where, bad, res[bad], tol, hint)
 
 
+@torch.no_grad()
 def fixed_point_encode(
     model: EpsilonModel,
     x0: Tensor,
@@ -224,7 +225,9 @@ def fixed_point_encode(
     Args:
         model: the model.
         x0: data (state at ``sigmas[-1]``), batch first.
-        sigmas: the decode grid (decreasing), validated.
+        sigmas: the decode grid (decreasing; validated against the schedule, may not start at inf).
+
+    No autograd graph is kept (a trainable network costs the memory of ``torch.no_grad()``).
         solver: any deterministic fixed-step registered solver: one-step (``"ddim"``, ``"heun"``,
             ``"rk4"``, ...) or multistep (``"dpm_solver++_2m"``, ``"ipndm"``, ...).
         tol: tolerance on the per-sample scaled residual ``max|Phi(y) - x| / (1 + |x|)``
@@ -246,7 +249,7 @@ def fixed_point_encode(
             f"fixed-point inversion needs a deterministic fixed-step solver (its decode step is the map to "
             f"invert); {stepper.name!r} is {kind}. Use e.g. 'ddim', 'heun', 'rk4' or 'dpm_solver++_2m'."
         )
-    levels = [float(v) for v in sigmas.tolist()]
+    levels = inversion_levels(model, sigmas, encodes=True)
     run = Run(model, levels, check_calls=True)
     stepper.check(run)
     if stepper.multistep:

@@ -101,6 +101,7 @@ class Stepper:
         multistep: reuses earlier evaluations (warm-up steps may cost differently).
         encodes: can integrate an increasing grid (data to noise).
         default_spacing: the grid spacing it is meant for (``None``: the schedule's).
+        differentiable: autograd can backpropagate through its steps (``grad="autograd"``).
     """
 
     name: ClassVar[str] = ""
@@ -112,6 +113,7 @@ class Stepper:
     multistep: ClassVar[bool] = False
     encodes: ClassVar[bool] = True
     default_spacing: ClassVar[Optional[str]] = None
+    differentiable: ClassVar[bool] = True
 
     # ---------------------------------------------------------------------------------- the step
     def init(self, run: "Run") -> Any:

@@ -46,13 +46,15 @@ class Boundary(enum.Enum):
 
 
 def classify(sigma: float, sigma_next: float) -> Optional[Boundary]:
-    """The boundary kind of the step ``sigma -> sigma_next``, or ``None`` for an inner step."""
+    """The boundary kind of the step ``sigma -> sigma_next``, or ``None`` for an inner step. A step
+    from ``inf`` straight to ``0`` (a one-step zero-terminal-SNR grid) is a step from inf: no solver's
+    own update is defined there (``alpha = 0``), the DDIM step's limit is (the data mean for a v model)."""
+    if sigma == math.inf:
+        return Boundary.FROM_INF
     if sigma_next == 0.0:
         return Boundary.TO_ZERO
     if sigma == 0.0:
         return Boundary.FROM_ZERO
-    if sigma == math.inf:
-        return Boundary.FROM_INF
     return None
 
 

@@ -7,6 +7,7 @@ solvers and the error messages that name the step all live here, once.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional, Union
 
 import torch
@@ -16,6 +17,20 @@ from ..field import ProbabilityFlow
 from ..models import EpsilonModel, Prediction
 
 __all__ = ["Run", "BudgetExhausted"]
+
+
+_KEYWORDS: dict[type, bool] = {}
+
+
+def _takes_driver_keywords(cls: type) -> bool:
+    """Whether ``cls.predict`` takes the driver's ``check`` and ``step`` keywords (a user subclass may
+    override ``predict(x, sigma)`` with the plain signature)."""
+    hit = _KEYWORDS.get(cls)
+    if hit is None:
+        params = inspect.signature(cls.predict).parameters  # type: ignore[attr-defined]
+        hit = _KEYWORDS[cls] = ("check" in params and "step" in params) or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return hit
 
 
 class BudgetExhausted(Exception):
@@ -46,6 +61,7 @@ class Run:
         self.check_calls = check_calls
         self._fields: dict[str, ProbabilityFlow] = {}
         self._alphas: dict[float, float] = {}
+        self._keywords = _takes_driver_keywords(type(model))
 
     @property
     def num_steps(self) -> int:
@@ -65,7 +81,12 @@ class Run:
         """One counted, checked model evaluation (``sigma``: a float, or per-sample ``(B,)`` levels)."""
         if self.max_nfe is not None and self.nfe >= self.max_nfe:
             raise BudgetExhausted
-        pred = self.model.predict(x, sigma, check=self.check_calls, step=self.step)
+        if self._keywords:
+            pred = self.model.predict(x, sigma, check=self.check_calls, step=self.step)
+        else:  # a subclass that overrides predict(x, sigma): check its eps here
+            pred = self.model.predict(x, sigma)
+            level = float(sigma) if not isinstance(sigma, Tensor) or sigma.dim() == 0 else "per-sample sigma"
+            self.model._check(pred.eps, x, level, self.step, self.check_calls and self.model.check_finite)
         self.nfe += 1
         return pred
 

@@ -34,6 +34,7 @@ class ScipySolver(AdaptiveStepper):
 
     method: ClassVar[str] = ""
     stages: ClassVar[Optional[int]] = None
+    differentiable = False  # the state goes through NumPy: autograd would see only the boundary steps
 
     def integrate_interval(self, run: "Run", fld: "ProbabilityFlow", y0: Tensor, s0: float, s1: float,
                            outputs: list[float], field: Callable[[Tensor, float], Tensor],
