@@ -7,6 +7,7 @@ numbers are the memory the sampling itself added:
 * a hand-written DDIM loop inside ``torch.no_grad()`` (the floor);
 * ``flowode.integrate`` with the default ``grad=None`` (no autograd graph is kept);
 * ``flowode.integrate`` inside ``torch.no_grad()``;
+* ``flowode.invert.fixed_point_encode`` (exact DDIM inversion: many evaluations, no graph kept);
 * ``flowode.integrate(..., grad="autograd")`` (backpropagation through every step: the graph of
   every step is kept, which is what sampling cost before the driver's autograd mode existed).
 
@@ -51,6 +52,8 @@ if mode == "hand":
             a0, a1 = float(sched.alpha_from_sigma(s0)), float(sched.alpha_from_sigma(s1))
             eps = net(out, torch.full((4096,), float(sched.t(s0))))
             out = out * (a1 / a0) + eps * (a1 * (s1 - s0)) if s1 > 0 else out / a0 - eps * s0
+elif mode == "fixed_point":
+    out = flowode.invert.fixed_point_encode(model, x, grid, "ddim", on_fail="ignore").latent
 elif mode == "no_grad":
     with torch.no_grad():
         out = flowode.integrate(model, x, grid, "ddim").x
@@ -63,11 +66,12 @@ print(json.dumps({"steps": steps, "mode": mode, "added_mib": (peak - before) / 1
                   "graph": out.grad_fn is not None}))
 """
 
-CONFIGS = [(10, "hand"), (10, "no_grad"), (10, "default"), (10, "autograd"), (100, "hand"), (100, "no_grad"),
-           (100, "default")]
+CONFIGS = [(10, "hand"), (10, "no_grad"), (10, "default"), (10, "autograd"), (10, "fixed_point"), (100, "hand"),
+           (100, "no_grad"), (100, "default")]
 REPEATS = 3
 LABELS = {"hand": "hand-written DDIM loop inside torch.no_grad()","no_grad": "flowode.integrate inside torch.no_grad()", "default": "flowode.integrate (default grad=None)",
-          "autograd": "flowode.integrate(grad=\"autograd\")"}
+          "autograd": "flowode.integrate(grad=\"autograd\")",
+          "fixed_point": "flowode.invert.fixed_point_encode (DDIM, exact inversion)"}
 
 
 def main() -> None:
