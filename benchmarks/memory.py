@@ -69,7 +69,9 @@ print(json.dumps({"steps": steps, "mode": mode, "added_mib": (peak - before) / 1
 CONFIGS = [(10, "hand"), (10, "no_grad"), (10, "default"), (10, "autograd"), (10, "fixed_point"), (100, "hand"),
            (100, "no_grad"), (100, "default")]
 REPEATS = 3
-LABELS = {"hand": "hand-written DDIM loop inside torch.no_grad()","no_grad": "flowode.integrate inside torch.no_grad()", "default": "flowode.integrate (default grad=None)",
+LABELS = {"hand": "hand-written DDIM loop inside torch.no_grad()",
+          "no_grad": "flowode.integrate inside torch.no_grad()",
+          "default": "flowode.integrate (default grad=None)",
           "autograd": "flowode.integrate(grad=\"autograd\")",
           "fixed_point": "flowode.invert.fixed_point_encode (DDIM, exact inversion)"}
 

@@ -205,7 +205,6 @@ def main() -> None:
     model_t = statistics.median(m_times)
     conv_t = statistics.median(c_times)
     floor_key = "hand-written DDIM loop, fused (floor)"
-    floor = med[floor_key]
     ratio = {k: statistics.median(a / b for a, b in zip(v, times[floor_key])) for k, v in times.items()}
     wratio = {k: statistics.median(a / b for a, b in zip(v, walls[floor_key])) for k, v in walls.items()}
     print(f"device {dev}, batch ({args.batch}, 3, 32, 32) float32, {S} steps, median of {args.repeats} runs, "

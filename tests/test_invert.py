@@ -28,9 +28,9 @@ from flowode.invert import (
     latent_stats,
     roundtrip,
 )
-from flowode.solvers.ddim import ddim_coefficients
 from flowode.invert.coupled import BdiaLatent
 from flowode.solvers import SolverError
+from flowode.solvers.ddim import ddim_coefficients
 
 SCHED = flowode.DiscreteVPSchedule.linear()
 N = 32

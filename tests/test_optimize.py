@@ -7,8 +7,7 @@ import torch
 
 import flowode
 from flowode.analytic import gmm_ring
-from flowode.grids import SPACINGS, GridError
-from flowode.grids import steps_for_nfe
+from flowode.grids import SPACINGS, GridError, steps_for_nfe
 from flowode.optimize import grid_error
 from flowode.solvers.base import SolverError
 
