@@ -35,7 +35,8 @@ Layout (one module per concern; every public name is importable from ``flowode.b
   plugins, :func:`as_problem` / :func:`get_problem`;
 * :mod:`~flowode.bench.spec`: the solver spec language ``name[k=v]``, :class:`BenchSpec`,
   :class:`Cell`, :func:`cell_key`;
-* :mod:`~flowode.bench.store`: the JSON-lines results file (:func:`append_record`, :func:`load_results`);
+* :mod:`~flowode.bench.store`: the JSON-lines results file (:func:`append_record`, :func:`load_results`,
+  :func:`read_results`);
 * :mod:`~flowode.bench.metrics`: :func:`rmse`, :func:`max_err`, :func:`sliced_wasserstein`,
   :class:`ReferenceCache`;
 * :mod:`~flowode.bench.memory`: :class:`MemoryMeter`;
@@ -63,7 +64,7 @@ from .spec import (
     resolve_solvers,
     split_list,
 )
-from .store import append_record, load_results
+from .store import append_record, load_results, read_results
 
 __all__ = [
     # problems
@@ -72,7 +73,8 @@ __all__ = [
     "BenchSpec", "Cell", "cell_key", "parse_solver_spec", "split_list", "resolve_solvers", "DEMO_SOLVERS",
     "OPTIMIZED", "preferred_solvers",
     # store, metrics, memory
-    "load_results", "append_record", "rmse", "max_err", "sliced_wasserstein", "ReferenceCache", "MemoryMeter",
+    "load_results", "read_results", "append_record", "rmse", "max_err", "sliced_wasserstein", "ReferenceCache",
+    "MemoryMeter",
     # engine, report
     "run_bench", "run_cell", "aggregate", "markdown_table", "full_range", "headline_table", "method_table",
     "failed_methods",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,19 +22,19 @@ from torch import Tensor
 from ..grids import resolve_grid
 from ..integrate import integrate
 from ..optimize import optimize_grid
-from ..solvers import Stepper, make
+from ..solvers import SOLVERS, Stepper, make
 from .memory import MemoryMeter
 from .metrics import ReferenceCache, max_err, rmse, sliced_wasserstein
 from .peers import EpsCounter, get_peer, is_peer
-from .problems import Problem, get_problem
+from .problems import Problem, get_problem, model_fingerprint
 from .spec import OPTIMIZED, BenchSpec, Cell, resolve_solvers
-from .store import append_record, load_results
+from .store import append_record, read_results
 
 __all__ = ["run_cell", "run_bench"]
 
 T = TypeVar("T")
 
-#: what a failing cell may raise; it is recorded with its message, not retried
+#: what a failing cell may raise; it is recorded with its message (rerun with ``retry_failed``)
 _CELL_ERRORS = (ValueError, RuntimeError, TypeError, NotImplementedError)
 
 
@@ -184,13 +185,55 @@ def _stop_ladder(rec: dict[str, Any], cell: Cell, spec: BenchSpec, stopped: set[
         stopped.add(cell.ladder)
 
 
+def _preflight(problems: dict[str, Problem], cells: list[Cell], device: str) -> None:
+    """Refuse, before the first cell, a (problem, solver, options, spacing) group that cannot run
+    at all: every budget's grid is resolved (no model call), and the group runs once on one
+    sample at its largest budget. A ``ValueError`` / ``TypeError`` there (a bad spacing for the
+    schedule, an option the grid cannot take such as DDIM's ``eta`` > 1 on a grid to 0) is raised
+    naming the group; budgets that fail alone (too small for the solver) stay failed cells."""
+    groups: dict[str, list[Cell]] = {}
+    for c in cells:
+        if is_peer(c.solver) or c.spacing == OPTIMIZED or c.nfe is None:
+            continue
+        groups.setdefault(json.dumps([c.problem, c.solver, c.options, c.spacing], sort_keys=True), []).append(c)
+    for group in groups.values():
+        c0 = group[0]
+        problem = problems[c0.problem]
+        slv = make(c0.solver, **c0.options)
+        what = f"{c0.problem} {c0.label}"
+        grids, first = [], None
+        for c in sorted(group, key=lambda c: -(c.nfe or 0)):
+            try:
+                grids.append(resolve_grid(problem.model.schedule, slv, nfe=c.nfe, spacing=c.spacing))
+            except (ValueError, TypeError) as exc:
+                first = first or exc
+        if not grids:
+            raise ValueError(f"cell {what} cannot run at any budget of {sorted({c.nfe or 0 for c in group})}: "
+                             f"{first}")
+        grid = grids[0]
+        x = problem.prior(1, float(grid[0]), c0.seed, device)
+        try:
+            integrate(problem.model, x, grid, slv, generator=torch.Generator(device=device).manual_seed(c0.seed + 1))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"cell {what} NFE={max(c.nfe or 0 for c in group)} cannot "
+                             f"run (tried on one sample before the benchmark): {type(exc).__name__}: {exc}") from None
+        except RuntimeError:  # e.g. the network's NaN: a property of the cells, recorded there
+            pass
+
+
 def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = True,
-              log: Callable[[str], None] = _stderr) -> tuple[list[dict[str, Any]], list[str]]:
+              log: Callable[[str], None] = _stderr, retry_failed: bool = False,
+              preflight: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every cell of ``spec`` not yet in ``results`` (a JSON-lines file), appending each record
     as it finishes. Returns ``(records of this grid, messages about unknown solvers)``.
 
     Unknown solver names are reported (returned and logged), not fatal, so one grid can list solvers
-    that only some builds have; unknown problems and bad options raise ``ValueError`` / ``TypeError``.
+    that only some builds have; unknown problems, bad options and settings that would fail every
+    cell (``samples``, ``device``, ``spacings``, see :meth:`BenchSpec.validate` and the one-sample
+    ``preflight`` of each solver group) raise ``ValueError`` / ``TypeError`` before the first cell.
+    A cell's key holds the model's fingerprint, the device and the repeats, so a changed model
+    reruns its cells. ``retry_failed`` reruns cells whose record is an error (the new record
+    replaces it); torn or foreign lines of ``results`` are skipped and logged.
     """
     spec.validate()
     results = Path(results)
@@ -200,13 +243,25 @@ def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = Tr
         log(f"flowode bench: skipped: {msg}")
     if not solvers:
         raise ValueError("none of the requested `solvers` is registered: " + " ".join(missing))
+    if not spec.nfe and any(not is_peer(n) and not SOLVERS[n].adaptive for n, _ in solvers):
+        raise ValueError("no `nfe` budgets given; every solver that is not adaptive needs one (e.g. --nfe 5,10,20).")
     problems = {p: get_problem(p) for p in spec.problems}
-    cells = spec.cells(solvers, problems)
-    done = {r["key"]: r for r in load_results(results) if "key" in r}
+    fingerprints = {p: model_fingerprint(prob, spec.device) for p, prob in problems.items()}
+    cells = spec.cells(solvers, problems, fingerprints)
+    if not cells:
+        raise ValueError("the benchmark grid has no cells; give `nfe` budgets and solvers.")
+    old, torn = read_results(results)
+    if torn:
+        log(f"flowode bench: skipped {len(torn)} unreadable line(s) of {results} (line "
+            f"{', '.join(map(str, torn[:5]))}{', ...' if len(torn) > 5 else ''}: torn by an interrupted write or "
+            "not a record); their cells run again.")
+    done = {r["key"]: r for r in old if "key" in r and not (retry_failed and r.get("error"))}
     todo = [c for c in cells if c.key not in done]
     if len(todo) < len(cells):
         log(f"flowode bench: {len(cells) - len(todo)} of {len(cells)} cells already in {results}; running "
             f"{len(todo)}.")
+    if preflight and todo:
+        _preflight(problems, todo, spec.device)
     refs = ReferenceCache(results.with_name(results.name + ".refs"))
     bar = None
     if progress and todo:
