@@ -85,14 +85,28 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, Optional[int], dict[
     return net, sampler, None, None, desc
 
 
+def check_name(name: str) -> str:
+    """``--name`` as a plain file name inside ``--out`` (no folders, no ``..``)."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise ValueError(f"`--name` {name!r} must be a plain file name (no '/', '\\' or '..'), e.g. --name ring8; "
+                         "the files go into `--out`.")
+    return name
+
+
 def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> tuple[Any, dict[str, Any], Path]:
-    """Train as the CLI does; return the :class:`~flowode.train.TrainResult`, the card and the weights path."""
+    """Train as the CLI does; return the :class:`~flowode.train.TrainResult`, the card and the weights path.
+
+    ``--name`` and ``--out`` are checked before training; a diverging run raises
+    :class:`~flowode.train.TrainingDivergedError` and writes no weights or card."""
     import torch
 
     from ..nets import describe
     from ..pretrained import save_model
     from ..train import TrainConfig, schedule_spec, train
+    from ._util import out_dir
 
+    name = check_name(args.data if args.name is None else args.name)
+    out = out_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -103,12 +117,12 @@ def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> t
         label_dropout=args.label_dropout, seed=args.seed, checkpoint_every=args.checkpoint_every,
     )
     net, data, labels, num_classes, desc = build(args)
-    out = Path(args.out)
     result = train(net, data, config, labels=labels, num_classes=num_classes, checkpoint=out / "checkpoint.pt",
-                   resume=not args.no_resume, progress=not args.quiet)
+                   resume=not args.no_resume, progress=not args.quiet,
+                   data_id=f"{desc['name']}{' (conditional)' if desc.get('conditional') else ''}")
     command = "flowode train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
     card: dict[str, Any] = {
-        "name": args.name or args.data,
+        "name": name,
         "arch": describe(result.ema),
         "parameters": sum(p.numel() for p in result.ema.parameters()),
         "schedule": schedule_spec(config),
@@ -123,7 +137,7 @@ def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> t
         },
         "command": command,
     }
-    weights, _ = save_model(out / f"{args.name or args.data}.pt", result.ema, card)
+    weights, _ = save_model(out / f"{name}.pt", result.ema, card)
     return result, card, weights
 
 
