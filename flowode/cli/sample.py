@@ -68,11 +68,15 @@ def run(args: argparse.Namespace) -> int:
     from ..integrate import sample
     from ..plot import plot_denoised_grid
     from ..solvers import get_class
+    from ._util import out_file
 
     out = Path(args.out)
     ext = out.suffix.lower()
     if ext not in (".npy", ".pt", ".png"):
         raise ValueError(f"`--out` {args.out!r}: use a .npy, .pt or .png file.")
+    if args.samples < 1:
+        raise ValueError(f"`--samples` must be a positive integer, got {args.samples}.")
+    out = out_file(args.out)  # refused before sampling, not after
     prob = get_problem(args.problem)
     name, opts = parse_solver_spec(args.solver)
     steps, nfe = args.steps, args.nfe
@@ -88,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     sol = sample(prob.model, x_T, steps, nfe=nfe, solver=name, spacing=args.spacing,
                  save_trajectory=bool(args.x0_grid), generator=torch.Generator(args.device).manual_seed(args.seed + 1),
                  **opts)
-    out.parent.mkdir(parents=True, exist_ok=True)
     x = sol.x.detach().cpu()
     if ext == ".npy":
         np.save(out, x.numpy())
