@@ -265,8 +265,10 @@ def _load_checkpoint(path: Path, device: Any) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - truncated or garbage file: name it and the way out
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first}); it is truncated or not "
+        from .pretrained import first_sentence
+
+        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first_sentence(exc)}); it is "
+                         "truncated or not "
                          "a flowode checkpoint: delete it, or pass resume=False (CLI: --no-resume) to start "
                          "again.") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

@@ -251,6 +251,12 @@ def get_problem(spec: str) -> Problem:
     try:
         obj = loader(spec)
     except (KeyError, ValueError, FileNotFoundError) as exc:
+        from pathlib import Path
+
+        from ..pretrained import list_pretrained
+
+        if spec in list_pretrained() or Path(spec).exists():  # it is a checkpoint, just not a loadable one
+            raise ValueError(f"`problem` {spec!r}: {exc}") from None
         raise ValueError(f"unknown `problem` {spec!r}: not a built-in problem ({', '.join(PROBLEMS)}), not "
                          f"'module:function', and flowode.load_pretrained({spec!r}) failed: {exc}") from exc
     return as_problem(obj, spec)

@@ -93,8 +93,8 @@ def check_device(device: Any) -> str:
         raise ValueError(f"`device` {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps.") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"`device` {device!r}: CUDA is not available (torch {torch.__version__}, "
-                             f"{torch.cuda.device_count()} GPU(s) visible); use --device cpu.")
+            raise ValueError(f"`device` {device!r}: CUDA is not available in this torch build or on this machine; "
+                             "use --device cpu.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"`device` {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}.")

@@ -49,6 +49,12 @@ def _card_path(name: Union[str, Path]) -> Path:
     )
 
 
+def first_sentence(exc: BaseException) -> str:
+    """The first line and sentence of an exception's message (torch's loaders write paragraphs)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
 def _read_card(path: Path) -> dict[str, Any]:
     """The card at ``path``; a ``ValueError`` naming the file when it is not a readable card."""
     try:
@@ -131,7 +137,7 @@ def load_pretrained(name: Union[str, Path], *, device: Union[str, torch.device] 
         net.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - truncated, garbage or mismatched weights: name the file
         raise ValueError(f"weights {str(weights)!r} cannot be loaded for the card {str(card_path)!r} "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the file is "
+                         f"({type(exc).__name__}: {first_sentence(exc)}); the file is "
                          "truncated, not a state dict, or from another architecture: write it again with "
                          "`flowode train`.") from None
     net.to(device=device, dtype=torch.float32).eval()
