@@ -254,9 +254,9 @@ def data_fingerprint(data: Any, labels: Optional[Tensor] = None) -> str:
 
     if isinstance(data, Tensor):
         h = hashlib.sha256(repr((tuple(data.shape), str(data.dtype))).encode())
-        h.update(data.detach().cpu().contiguous().numpy().tobytes())
+        h.update(data.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         if labels is not None:
-            h.update(labels.detach().cpu().contiguous().numpy().tobytes())
+            h.update(labels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return "tensor:" + h.hexdigest()[:16]
     return f"sampler:{getattr(data, '__module__', '?')}.{getattr(data, '__qualname__', type(data).__name__)}"
 

@@ -48,6 +48,11 @@ def test_changed_user_model_reruns_its_cells(tmp_path, monkeypatch):
     recs = _records(tmp_path)
     assert len(recs) == 2 and recs[0]["key"] != recs[1]["key"]
     assert recs[0]["rmse"] == first[0]["rmse"]
+    # and its error is measured against the new model's reference, not the cached old one
+    fresh = ["bench", "--problem", "mymodel:make", "--solvers", "ddim", "--nfe", "3", "--out", str(tmp_path / "c"),
+             *FAST]
+    assert main(fresh) == 0
+    assert recs[1]["rmse"] == read_results(tmp_path / "c" / "results.jsonl")[0][0]["rmse"] != recs[0]["rmse"]
 
 
 def test_repeats_and_device_are_part_of_the_key(tmp_path):

@@ -105,6 +105,11 @@ def test_counts_must_be_positive(capsys):
     _one_line(capsys, "`--samples` must be a positive integer, got 0")
 
 
+def test_sample_device_is_checked_first(tmp_path, capsys):
+    assert main(["sample", "--samples", "2", "--device", "gpu", "--out", str(tmp_path / "s.npy")]) == 2
+    _one_line(capsys, "`device` 'gpu' is not a torch device")
+
+
 def test_plot_on_a_garbage_file(tmp_path, capsys):
     bad = tmp_path / "results.jsonl"
     bad.write_bytes(bytes(range(256)) * 4)

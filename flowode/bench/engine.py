@@ -247,6 +247,8 @@ def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = Tr
         raise ValueError("no `nfe` budgets given; every solver that is not adaptive needs one (e.g. --nfe 5,10,20).")
     problems = {p: get_problem(p) for p in spec.problems}
     fingerprints = {p: model_fingerprint(prob, spec.device) for p, prob in problems.items()}
+    for p, prob in problems.items():
+        prob.fingerprint = fingerprints[p]
     cells = spec.cells(solvers, problems, fingerprints)
     if not cells:
         raise ValueError("the benchmark grid has no cells; give `nfe` budgets and solvers.")

@@ -41,6 +41,8 @@ class Problem:
         samples: default batch size.
         ref_rtol: tolerance of the reference solve (rtol = atol).
         images: samples are images ``(C, H, W)`` (for x0 grids).
+        fingerprint: :func:`model_fingerprint` of the model, set by :func:`~flowode.bench.run_bench`
+            (part of cell and reference-cache keys); ``None`` until then.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Problem:
     ref_rtol: float = 1e-10
     images: bool = False
     description: str = ""
+    fingerprint: Optional[str] = None
 
     @property
     def dim(self) -> int:
@@ -287,7 +290,7 @@ def model_fingerprint(problem: Problem, device: Union[str, torch.device] = "cpu"
             for name, v in fn.state_dict().items():
                 if isinstance(v, Tensor):
                     h.update(f"{name}{tuple(v.shape)}{v.dtype}".encode())
-                    h.update(np.ascontiguousarray(v.detach().to("cpu", torch.float64).numpy()).tobytes())
+                    h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     nfe, passes = getattr(model, "nfe", 0), getattr(model, "network_passes", 0)
     try:
         lo, hi = float(sched.sigma_min), float(sched.sigma_max)

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench import get_problem, parse_solver_spec
+    from ..bench.spec import check_device
     from ..integrate import sample
     from ..plot import plot_denoised_grid
     from ..solvers import get_class
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise ValueError(f"`--samples` must be a positive integer, got {args.samples}.")
     out = out_file(args.out)  # refused before sampling, not after
+    device = check_device(args.device)
     prob = get_problem(args.problem)
     name, opts = parse_solver_spec(args.solver)
     steps, nfe = args.steps, args.nfe
@@ -88,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
     elif steps is None and nfe is None:
         nfe = 20
     sched = prob.model.schedule
-    x_T = prob.prior(args.samples, sched.sigma_max, args.seed, args.device)
+    x_T = prob.prior(args.samples, sched.sigma_max, args.seed, device)
     sol = sample(prob.model, x_T, steps, nfe=nfe, solver=name, spacing=args.spacing,
-                 save_trajectory=bool(args.x0_grid), generator=torch.Generator(args.device).manual_seed(args.seed + 1),
+                 save_trajectory=bool(args.x0_grid), generator=torch.Generator(device).manual_seed(args.seed + 1),
                  **opts)
     x = sol.x.detach().cpu()
     if ext == ".npy":
