@@ -110,6 +110,21 @@ def test_sample_device_is_checked_first(tmp_path, capsys):
     _one_line(capsys, "`device` 'gpu' is not a torch device")
 
 
+def test_more_flags_checked_first(tmp_path, capsys):
+    assert main(["trajectories", "--samples", "0", "--out", str(tmp_path / "t.png")]) == 2
+    _one_line(capsys, "`--samples` must be a positive integer, got 0")
+    (tmp_path / "bad.toml").write_text("[bench")
+    assert main(["bench", "--config", str(tmp_path / "bad.toml")]) == 2
+    _one_line(capsys, "is not valid TOML")
+    assert main(["sample", "--problem", "ring8", "--x0-grid", str(tmp_path / "x.png"),
+                 "--out", str(tmp_path / "s.npy")]) == 2
+    _one_line(capsys, "`--x0-grid` draws image x0 predictions")
+    for flags, msg in ((["--threads", "0"], "`--threads` must be a positive integer"),
+                       (["--data", "digits", "--channel-mults", "abc"], "`--channel-mults` must be")):
+        assert main(["train", "--out", str(tmp_path / "t"), "--steps", "1", "--quiet", *flags]) == 2
+        _one_line(capsys, msg)
+
+
 def test_plot_on_a_garbage_file(tmp_path, capsys):
     bad = tmp_path / "results.jsonl"
     bad.write_bytes(bytes(range(256)) * 4)

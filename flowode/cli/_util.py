@@ -49,9 +49,15 @@ def load_config(path: str) -> dict[str, Any]:
             except ImportError:
                 raise ValueError("reading a .toml `--config` on Python 3.10 needs `pip install tomli`; "
                                  "or use a .json file.") from None
-        data = tomllib.loads(p.read_text())
+        try:
+            data = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"`--config` {path!r} is not valid TOML ({exc}).") from None
     elif p.suffix.lower() == ".json":
-        data = json.loads(p.read_text())
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"`--config` {path!r} is not valid JSON ({exc}).") from None
     else:
         raise ValueError(f"`--config` {path!r}: use a .toml or .json file.")
     if not isinstance(data, dict):

@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     out = out_file(args.out)  # refused before sampling, not after
     device = check_device(args.device)
     prob = get_problem(args.problem)
+    if args.x0_grid and len(prob.shape) != 3:
+        raise ValueError(f"`--x0-grid` draws image x0 predictions; problem {prob.name!r} has samples of shape "
+                         f"{prob.shape}, not (C, H, W).")
     name, opts = parse_solver_spec(args.solver)
     steps, nfe = args.steps, args.nfe
     if get_class(name).adaptive:  # it picks its own steps between sigma_max and 0

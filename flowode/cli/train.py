@@ -66,7 +66,11 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, Optional[int], dict[
     torch.manual_seed(args.seed)
     if args.data == "digits":
         x, y = fdata.load_digits(return_labels=True)
-        mults = tuple(int(v) for v in str(args.channel_mults).split(",") if v)
+        try:
+            mults = tuple(int(v) for v in str(args.channel_mults).split(",") if v)
+        except ValueError:
+            raise ValueError(f"`--channel-mults` must be comma-separated integers, e.g. 1,2; got "
+                             f"{args.channel_mults!r}.") from None
         net: Any = UNet(in_channels=1, base_channels=args.base_channels, channel_mults=mults,
                    num_res_blocks=args.res_blocks, num_classes=10 if args.conditional else None)
         desc = {"name": "digits", "source": "sklearn.datasets.load_digits (1797 images, 8x8)",
@@ -106,6 +110,8 @@ def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> t
     from ._util import out_dir
 
     name = check_name(args.data if args.name is None else args.name)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"`--threads` must be a positive integer, got {args.threads}.")
     out = out_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)

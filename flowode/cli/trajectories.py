@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import preferred_solvers, resolve_solvers
     from ..plot import plot_trajectories
 
+    if args.samples < 1:
+        raise ValueError(f"`--samples` must be a positive integer, got {args.samples}.")
     out_file(args.out)
     specs, missing = resolve_solvers(csv(args.solvers) or preferred_solvers(3))
     for m in missing:
