@@ -137,3 +137,24 @@ def test_torn_line_is_skipped_reported_and_not_glued(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "skipped 1 unreadable line(s)" in err and "line 2" in err
     assert all(json.loads(ln) for ln in path.read_text().splitlines() if ln != '{"key": "torn", "rm')
+
+
+def test_preflight_refuses_a_group_failing_at_its_smallest_and_largest_budget(tmp_path, monkeypatch):
+    import flowode
+    from flowode.bench import BenchSpec, as_problem, run_bench
+    from flowode.bench.problems import PROBLEMS
+
+    calls = []
+
+    def net(x, t):
+        calls.append(x.shape[0])
+        raise ValueError("this network wants 3 channels")
+
+    model = flowode.EpsilonModel(net, flowode.DiscreteVPSchedule.linear())
+    monkeypatch.setitem(PROBLEMS, "refuses", lambda: as_problem((model, (2,)), "refuses"))
+    with pytest.raises(ValueError, match=r"cell refuses ddim NFE=9 cannot run \(tried on one sample before the "
+                                         r"benchmark, at NFE 3 and 9\): ValueError: this network wants 3 channels"):
+        run_bench(BenchSpec(problems=["refuses"], solvers=["ddim"], nfe=[3, 5, 9], samples=4),
+                  tmp_path / "r.jsonl", progress=False, log=lambda m: None)
+    assert set(calls) == {1, 2}  # the fingerprint probe (2 samples) and the one-sample preflight only
+    assert not (tmp_path / "r.jsonl").exists()
