@@ -20,6 +20,7 @@ from .schedules import (
     CosineVPSchedule,
     DiscreteVPSchedule,
     EDMSchedule,
+    FlowMatchSchedule,
     LinearVPSchedule,
     Schedule,
     VESchedule,
@@ -36,7 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     # schedules, models, the field
     "Schedule", "VPSchedule", "DiscreteVPSchedule", "LinearVPSchedule", "CosineVPSchedule",
-    "VESchedule", "EDMSchedule", "EpsilonModel", "DenoiserModel", "from_diffusers", "ProbabilityFlow",
+    "VESchedule", "EDMSchedule", "FlowMatchSchedule",
+    "EpsilonModel", "DenoiserModel", "from_diffusers", "ProbabilityFlow",
     # grids and the driver
     "sigma_grid", "sigmas_from_timesteps", "check_grid", "resolve_grid",
     "integrate", "sample", "encode", "decode", "Solution", "StepEvent",
