@@ -8,6 +8,7 @@ decode with measured round trips. See DESIGN.md section 4 and docs/ for the publ
 from . import adapters, analytic, control, data, nets, solvers, train
 from .adapters import DenoiserModel, from_diffusers
 from .analytic import Gaussian, GaussianMixture, reference_solve
+from .diffusers_plan import DiffusersPlan, UnsupportedScheduler, from_diffusers_scheduler
 from .field import ProbabilityFlow
 from .grids import GridError, check_grid, resolve_grid, sigma_grid, sigmas_from_timesteps
 from .integrate import Solution, decode, encode, integrate, sample
@@ -38,7 +39,8 @@ __all__ = [
     # schedules, models, the field
     "Schedule", "VPSchedule", "DiscreteVPSchedule", "LinearVPSchedule", "CosineVPSchedule",
     "VESchedule", "EDMSchedule", "FlowMatchSchedule",
-    "EpsilonModel", "DenoiserModel", "from_diffusers", "ProbabilityFlow",
+    "EpsilonModel", "DenoiserModel", "from_diffusers", "from_diffusers_scheduler", "DiffusersPlan",
+    "ProbabilityFlow",
     # grids and the driver
     "sigma_grid", "sigmas_from_timesteps", "check_grid", "resolve_grid",
     "integrate", "sample", "encode", "decode", "Solution", "StepEvent",
@@ -48,6 +50,7 @@ __all__ = [
     "list_pretrained", "load_pretrained",
     # every error and warning a user may catch
     "GridError", "SolverError", "UnknownSolverError", "MaxNFEError", "NetworkOutputError", "InversionWarning",
+    "UnsupportedScheduler",
     # sub-packages
     "analytic", "solvers", "control", "invert", "adapters", "data", "nets", "train",
 ]

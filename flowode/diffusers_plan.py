@@ -1,0 +1,305 @@
+"""Run a diffusers scheduler's own sampling loop as a flowode solve: :func:`from_diffusers_scheduler`.
+
+After ``scheduler.set_timesteps(n)``, :func:`from_diffusers_scheduler` reads the levels the scheduler
+will visit (its own ``sigmas`` or ``timesteps``, so ``timestep_spacing``, ``steps_offset``,
+``final_sigmas_type``, Karras / exponential / beta sigmas and the flow-matching shift are those
+diffusers computed) and the timestep it passes to the network at each level, and returns a
+:class:`DiffusersPlan`: a flowode grid, a solver with its options, and ``run(model, latents)``,
+which starts from diffusers' own initial latents and returns what diffusers' loop returns.
+
+The plan is an ODE solve: every diffusers step it reproduces is a flowode step between two
+consecutive levels of the grid. A scheduler or option whose loop is not such a step (or that flowode
+does not implement) is refused with :class:`UnsupportedScheduler`, which names it; nothing is
+approximated. Supported, with the diffusers loop as the oracle (``tests/test_diffusers_plan.py``):
+
+=================================  =====================  ==============================================
+diffusers                          flowode                state conversion
+=================================  =====================  ==============================================
+``DDIMScheduler``                  ``ddim``               none (VP state)
+``EulerDiscreteScheduler``         ``euler`` in sigma     ``x = latents / sqrt(1 + sigma_0^2)`` (VE -> VP)
+``FlowMatchEulerDiscreteScheduler`` ``ddim`` (= Euler in t) none (flow-matching state)
+=================================  =====================  ==============================================
+
+The network is evaluated at exactly the timesteps diffusers passes (also fractional ones, e.g.
+``EulerDiscreteScheduler`` with Karras sigmas, whose timesteps come from a log-sigma
+interpolation rather than flowode's log-abar one): the plan's model uses a schedule whose native
+time at each grid level *is* diffusers' timestep (:class:`TimestepTable`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from .adapters import _DiffusersFn, diffusers_schedule
+from .models import EpsilonModel
+from .schedules import FlowMatchSchedule, Schedule
+
+__all__ = ["from_diffusers_scheduler", "DiffusersPlan", "UnsupportedScheduler", "TimestepTable"]
+
+
+class UnsupportedScheduler(ValueError):
+    """A diffusers scheduler, or one of its options, that flowode cannot reproduce exactly."""
+
+
+class TimestepTable(Schedule):
+    """A schedule that behaves as ``base`` except that its native time at the given noise levels is
+    the given timestep (diffusers' own, e.g. from a log-sigma interpolation): the network sees
+    exactly what the diffusers loop passes it. Everything a solver reads (``alpha``, ``std`` as
+    functions of sigma) is ``base``'s."""
+
+    def __init__(self, base: Schedule, sigmas: Tensor, timesteps: Tensor) -> None:
+        self.base = base
+        self.table = {float(s): float(t) for s, t in zip(sigmas.tolist(), timesteps.tolist())}
+        self.t_min, self.t_max = base.t_min, base.t_max
+        self.discrete = base.discrete
+        self.default_spacing = base.default_spacing
+        # the trained range: the base schedule's, widened to the levels diffusers visits
+        levels = [s for s in self.table if s > 0]
+        self._range = (min([base.sigma_min] + levels), max([base.sigma_max] + levels))
+
+    @property  # type: ignore[override]
+    def sigma_min(self) -> float:
+        return self._range[0]
+
+    @property  # type: ignore[override]
+    def sigma_max(self) -> float:
+        return self._range[1]
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return self.base._sigma(t)
+
+    def _t(self, sigma: Tensor) -> Tensor:
+        flat = sigma.flatten().tolist()
+        if all(v in self.table for v in flat):
+            return torch.tensor([self.table[v] for v in flat], dtype=torch.float64).view(sigma.shape)
+        return self.base._t(sigma)
+
+    def _dsigma_dt(self, t: Tensor) -> Tensor:
+        return self.base._dsigma_dt(t)
+
+    def _alpha(self, sigma: Tensor) -> Tensor:
+        return self.base._alpha(sigma)
+
+    def _std(self, sigma: Tensor) -> Tensor:
+        return self.base._std(sigma)
+
+    def _dlog_alpha_dsigma(self, sigma: Tensor) -> Tensor:
+        return self.base._dlog_alpha_dsigma(sigma)
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return f"TimestepTable({self.base!r}, {len(self.table)} levels)"
+
+
+@dataclass
+class DiffusersPlan:
+    """What :func:`from_diffusers_scheduler` returns.
+
+    Attributes:
+        scheduler: the diffusers scheduler's class name.
+        sigmas: the flowode (DDIM) noise levels of the loop, float64, decreasing.
+        timesteps: the timestep diffusers passes to the network at each level but the last.
+        solver, options: the flowode solver and its options that take diffusers' steps.
+        schedule: the schedule of the plan's model (:class:`TimestepTable` over the scheduler's path).
+        latent_scale: ``x = latents * latent_scale`` is flowode's state at ``sigmas[0]`` (diffusers'
+            Euler-type schedulers keep the VE state ``x / alpha``); ``out = x / final_scale``.
+    """
+
+    scheduler: str
+    sigmas: Tensor
+    timesteps: Tensor
+    solver: str
+    schedule: Schedule
+    prediction: str
+    options: dict[str, Any] = field(default_factory=dict)
+    latent_scale: float = 1.0
+    final_scale: float = 1.0
+
+    def model(self, unet: Any, *, unet_kwargs: Optional[dict[str, Any]] = None, **model_kwargs: Any) -> EpsilonModel:
+        """The network as a flowode model on the plan's schedule (timesteps exactly as diffusers)."""
+        fn = _DiffusersFn(unet, dict(unet_kwargs or {}))
+        return EpsilonModel(fn, self.schedule, prediction=self.prediction, **model_kwargs)
+
+    def run(self, model: Any, latents: Tensor, **kwargs: Any) -> Tensor:
+        """Diffusers' loop as one flowode solve: ``latents`` as diffusers' loop starts from them
+        (``randn * init_noise_sigma``), the result as the loop returns it.
+
+        ``model`` is a diffusers network (``unet(x, t).sample``) or a flowode :class:`EpsilonModel`
+        (e.g. :func:`flowode.from_diffusers`): only its network ``fn`` is used, on the plan's schedule,
+        so it receives exactly diffusers' timesteps. ``kwargs`` pass to :func:`flowode.integrate`."""
+        from .integrate import integrate
+
+        if isinstance(model, EpsilonModel):
+            if model.prediction != self.prediction:
+                raise ValueError(
+                    f"`model` predicts {model.prediction!r} but the scheduler's prediction_type means "
+                    f"{self.prediction!r}; build it with flowode.from_diffusers(unet, scheduler)."
+                )
+            fn = model.fn
+            if isinstance(fn, _DiffusersFn):  # the raw network, fed diffusers' timesteps as they are
+                fn = _DiffusersFn(fn.unet, fn.unet_kwargs)
+            net = EpsilonModel(fn, self.schedule, prediction=self.prediction)
+        else:
+            net = self.model(model)
+        x = latents * self.latent_scale if self.latent_scale != 1.0 else latents
+        sol = integrate(net, x, self.sigmas, solver=self.solver, **{**self.options, **kwargs})
+        return sol.x / self.final_scale if self.final_scale != 1.0 else sol.x
+
+
+# ------------------------------------------------------------------------------------ checks
+def _cfg(scheduler: Any, name: str, default: Any = None) -> Any:
+    config = scheduler.config
+    return config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
+
+
+def _refuse_if(scheduler: Any, name: str, bad: Any, why: str) -> None:
+    value = _cfg(scheduler, name)
+    if (value in bad) if isinstance(bad, tuple) else bool(value):
+        raise UnsupportedScheduler(
+            f"{type(scheduler).__name__}({name}={value!r}) is not reproduced by flowode: {why}"
+        )
+
+
+def _prediction(scheduler: Any) -> str:
+    from .adapters import PREDICTION_TYPES
+
+    ptype = _cfg(scheduler, "prediction_type", "epsilon")
+    if ptype not in PREDICTION_TYPES:
+        raise UnsupportedScheduler(
+            f"{type(scheduler).__name__}(prediction_type={ptype!r}) is not reproduced by flowode; it handles "
+            f"{', '.join(PREDICTION_TYPES)}."
+        )
+    return PREDICTION_TYPES[ptype]
+
+
+def _timesteps(scheduler: Any) -> Tensor:
+    ts = getattr(scheduler, "timesteps", None)
+    if ts is None or getattr(scheduler, "num_inference_steps", None) is None:
+        raise UnsupportedScheduler(
+            f"call `scheduler.set_timesteps(num_inference_steps)` before from_diffusers_scheduler "
+            f"({type(scheduler).__name__} has no inference timesteps yet)."
+        )
+    return torch.as_tensor(ts).detach().cpu().to(torch.float64)
+
+
+def _snap(sigmas: Tensor, base: Schedule) -> Tensor:
+    """Levels within float32 round-off (relative 1e-6) of the schedule's range ends, moved onto them:
+    diffusers keeps its sigmas in float32, flowode's range is float64, and a grid may not leave it."""
+    out = sigmas.clone()
+    for end in (base.sigma_min, base.sigma_max):
+        if math.isfinite(end):
+            near = (out - end).abs() <= 1e-6 * end
+            out = torch.where(near, torch.full_like(out, end), out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ schedulers
+def _ddim(scheduler: Any) -> DiffusersPlan:
+    _refuse_if(scheduler, "clip_sample", None, "diffusers clips x0 and keeps the raw eps in the DDIM step, "
+               "which is not one DDIM step of any model; set clip_sample=False (or use flowode's "
+               "EpsilonModel(clip_x0=...), which keeps eps and x0 consistent).")
+    _refuse_if(scheduler, "thresholding", None, "dynamic thresholding changes x0 only, not eps (as clip_sample); "
+               "set thresholding=False (flowode's EpsilonModel(dynamic_threshold=p) keeps eps consistent).")
+    schedule = diffusers_schedule(scheduler)
+    ts = _timesteps(scheduler)
+    n_train = int(_cfg(scheduler, "num_train_timesteps"))
+    stride = n_train // int(scheduler.num_inference_steps)
+    prev = ts - stride
+    if len(ts) > 1 and not torch.equal(prev[:-1], ts[1:]):
+        raise UnsupportedScheduler(
+            f"DDIMScheduler(timestep_spacing={_cfg(scheduler, 'timestep_spacing')!r}) with "
+            f"{scheduler.num_inference_steps} steps lands on t - {stride} (t - num_train_timesteps // steps), "
+            f"which is not the next timestep of its grid {ts.long().tolist()}: its loop evaluates the network "
+            "at one set of levels and steps to another, which is not an ODE grid. Use "
+            "timestep_spacing='leading' or 'trailing' with a step count that divides num_train_timesteps."
+        )
+    abar = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu().to(torch.float64)
+    final_abar = float(torch.as_tensor(scheduler.final_alpha_cumprod).to(torch.float64))
+    levels = torch.sqrt((1 - abar[ts.long()]) / abar[ts.long()])
+    last = float(prev[-1])
+    if last >= 0:
+        raise UnsupportedScheduler(f"DDIMScheduler's last step ends at timestep {last}, not at the final level.")
+    sig_final = math.sqrt((1 - final_abar) / final_abar)
+    sigmas = torch.cat([levels, torch.tensor([sig_final], dtype=torch.float64)])
+    table = TimestepTable(schedule, sigmas[:-1], ts)
+    return DiffusersPlan("DDIMScheduler", sigmas, ts, "ddim", table, _prediction(scheduler))
+
+
+def _euler(scheduler: Any) -> DiffusersPlan:
+    _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on a VP scheduler are not implemented here; "
+               "use FlowMatchEulerDiscreteScheduler.")
+    schedule = diffusers_schedule(scheduler)
+    ts = _timesteps(scheduler)
+    sigmas = torch.as_tensor(scheduler.sigmas).detach().cpu().to(torch.float64)
+    if len(sigmas) == len(ts) + 1 and len(sigmas) > 2 and float(sigmas[-1]) == float(sigmas[-2]) > 0:
+        # final_sigmas_type="sigma_min" after a grid that already ends at sigma_min (Karras, exponential,
+        # beta sigmas): diffusers' last step has dt = 0 and leaves the state as it is; drop it
+        sigmas, ts = sigmas[:-1], ts[:-1]
+    sigmas = torch.cat([_snap(sigmas[:-1], schedule), sigmas[-1:] if float(sigmas[-1]) == 0 else
+                        _snap(sigmas[-1:], schedule)])
+    if len(sigmas) != len(ts) + 1 or not bool((torch.diff(sigmas) < 0).all()):
+        raise UnsupportedScheduler(f"EulerDiscreteScheduler's sigmas {sigmas.tolist()} are not a decreasing grid "
+                                   "with one level per timestep plus a final one.")
+    table = TimestepTable(schedule, sigmas[:-1], ts)
+    s0, s1 = float(sigmas[0]), float(sigmas[-1])
+    # diffusers' Euler keeps the VE state xbar = x / alpha; flowode's is x = alpha xbar
+    a0 = 1 / math.sqrt(1 + s0 * s0)
+    a1 = 1 / math.sqrt(1 + s1 * s1)
+    return DiffusersPlan("EulerDiscreteScheduler", sigmas, ts, "euler", table, _prediction(scheduler),
+                         {"coordinates": "sigma"}, latent_scale=a0, final_scale=a1)
+
+
+def _flow_match_euler(scheduler: Any) -> DiffusersPlan:
+    _refuse_if(scheduler, "stochastic_sampling", None, "its step re-noises x0 with fresh noise (not an ODE step).")
+    _refuse_if(scheduler, "invert_sigmas", None, "inverted sigmas run the path backwards (use flowode.encode).")
+    ts = _timesteps(scheduler)
+    t_levels = torch.as_tensor(scheduler.sigmas).detach().cpu().to(torch.float64)
+    if len(t_levels) != len(ts) + 1 or float(t_levels[-1]) != 0.0 or not bool((torch.diff(t_levels) < 0).all()):
+        raise UnsupportedScheduler(f"FlowMatchEulerDiscreteScheduler's sigmas {t_levels.tolist()} are not a "
+                                   "decreasing grid ending at 0.")
+    base = FlowMatchSchedule(shift=float(_cfg(scheduler, "shift", 1.0)), t_min=float(t_levels[-2]) / 2)
+    sigmas = torch.as_tensor(base.sigma(t_levels))
+    table = TimestepTable(base, sigmas[:-1], ts)
+    return DiffusersPlan("FlowMatchEulerDiscreteScheduler", sigmas, ts, "ddim", table, "flow")
+
+
+_PLANS = {
+    "DDIMScheduler": _ddim,
+    "EulerDiscreteScheduler": _euler,
+    "FlowMatchEulerDiscreteScheduler": _flow_match_euler,
+}
+
+#: diffusers schedulers that are planned but not reproduced yet (refused by name)
+NOT_YET = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler", "DDPMScheduler",
+           "HeunDiscreteScheduler", "DPMSolverSinglestepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+           "KDPM2DiscreteScheduler", "EulerAncestralDiscreteScheduler", "EDMEulerScheduler")
+
+
+def from_diffusers_scheduler(scheduler: Any) -> DiffusersPlan:
+    """The flowode plan that reproduces a diffusers scheduler's loop after ``set_timesteps``.
+
+    Args:
+        scheduler: a diffusers scheduler on which ``set_timesteps(n)`` was called.
+
+    Returns:
+        :class:`DiffusersPlan` (``sigmas``, ``solver``, ``options``, ``run(model, latents)``).
+
+    Raises:
+        UnsupportedScheduler: a scheduler or option flowode does not reproduce exactly (named).
+    """
+    name = type(scheduler).__name__
+    if getattr(scheduler, "config", None) is None:
+        raise TypeError(f"`scheduler` must be a diffusers scheduler (with a .config), got {name}.")
+    plan = _PLANS.get(name)
+    if plan is None:
+        known = ", ".join(sorted(_PLANS))
+        extra = " (planned, not implemented yet)" if name in NOT_YET else ""
+        raise UnsupportedScheduler(
+            f"{name} is not reproduced by flowode{extra}; from_diffusers_scheduler supports {known}. "
+            "Build the model with flowode.from_diffusers and pick a flowode solver and grid instead."
+        )
+    return plan(scheduler)
