@@ -16,6 +16,9 @@ approximated. Supported, with the diffusers loop as the oracle (``tests/test_dif
 diffusers                          flowode                state conversion
 =================================  =====================  ==============================================
 ``DDIMScheduler``                  ``ddim``               none (VP state)
+``DPMSolverMultistepScheduler``    ``dpm_solver++_2m`` /  none (VP state)
+                                   ``_3m`` (reference)
+``UniPCMultistepScheduler``        ``unipc``              none (VP state)
 ``EulerDiscreteScheduler``         ``euler`` in sigma     ``x = latents / sqrt(1 + sigma_0^2)`` (VE -> VP)
 ``FlowMatchEulerDiscreteScheduler`` ``ddim`` (= Euler in t) none (flow-matching state)
 =================================  =====================  ==============================================
@@ -233,17 +236,7 @@ def _euler(scheduler: Any) -> DiffusersPlan:
     _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on a VP scheduler are not implemented here; "
                "use FlowMatchEulerDiscreteScheduler.")
     schedule = diffusers_schedule(scheduler)
-    ts = _timesteps(scheduler)
-    sigmas = torch.as_tensor(scheduler.sigmas).detach().cpu().to(torch.float64)
-    if len(sigmas) == len(ts) + 1 and len(sigmas) > 2 and float(sigmas[-1]) == float(sigmas[-2]) > 0:
-        # final_sigmas_type="sigma_min" after a grid that already ends at sigma_min (Karras, exponential,
-        # beta sigmas): diffusers' last step has dt = 0 and leaves the state as it is; drop it
-        sigmas, ts = sigmas[:-1], ts[:-1]
-    sigmas = torch.cat([_snap(sigmas[:-1], schedule), sigmas[-1:] if float(sigmas[-1]) == 0 else
-                        _snap(sigmas[-1:], schedule)])
-    if len(sigmas) != len(ts) + 1 or not bool((torch.diff(sigmas) < 0).all()):
-        raise UnsupportedScheduler(f"EulerDiscreteScheduler's sigmas {sigmas.tolist()} are not a decreasing grid "
-                                   "with one level per timestep plus a final one.")
+    sigmas, ts = _vp_sigmas(scheduler, schedule, _timesteps(scheduler))
     table = TimestepTable(schedule, sigmas[:-1], ts)
     s0, s1 = float(sigmas[0]), float(sigmas[-1])
     # diffusers' Euler keeps the VE state xbar = x / alpha; flowode's is x = alpha xbar
@@ -267,14 +260,88 @@ def _flow_match_euler(scheduler: Any) -> DiffusersPlan:
     return DiffusersPlan("FlowMatchEulerDiscreteScheduler", sigmas, ts, "ddim", table, "flow")
 
 
+def _vp_sigmas(scheduler: Any, schedule: Schedule, ts: Tensor) -> tuple[Tensor, Tensor]:
+    """The scheduler's own (DDIM) sigmas, one per timestep plus the final level, snapped onto the
+    schedule's float64 range."""
+    name = type(scheduler).__name__
+    sigmas = torch.as_tensor(scheduler.sigmas).detach().cpu().to(torch.float64)
+    if len(sigmas) == len(ts) + 1 and len(sigmas) > 2 and float(sigmas[-1]) == float(sigmas[-2]) > 0:
+        # final_sigmas_type="sigma_min" after a grid that already ends at sigma_min (Karras, exponential,
+        # beta sigmas): diffusers' last step has dt = 0 and leaves the state as it is; drop it
+        sigmas, ts = sigmas[:-1], ts[:-1]
+    sigmas = torch.cat([_snap(sigmas[:-1], schedule), sigmas[-1:] if float(sigmas[-1]) == 0 else
+                        _snap(sigmas[-1:], schedule)])
+    if len(sigmas) != len(ts) + 1 or not bool((torch.diff(sigmas) < 0).all()):
+        raise UnsupportedScheduler(f"{name}'s sigmas {sigmas.tolist()} are not a decreasing grid with one "
+                                   "level per timestep plus a final one.")
+    return sigmas, ts
+
+
+_NO_THRESHOLD = "dynamic thresholding changes x0 only (not eps); set thresholding=False."
+
+
+def _unipc(scheduler: Any) -> DiffusersPlan:
+    name = "UniPCMultistepScheduler"
+    _refuse_if(scheduler, "predict_x0", (False,), "flowode's UniPC is the data-prediction form (predict_x0=True).")
+    _refuse_if(scheduler, "thresholding", None, _NO_THRESHOLD)
+    _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on UniPCMultistepScheduler are not reproduced.")
+    if list(_cfg(scheduler, "disable_corrector", []) or []):
+        raise UnsupportedScheduler(f"{name}(disable_corrector={_cfg(scheduler, 'disable_corrector')!r}) is not "
+                                   "reproduced: flowode's UniPC corrects every step or none (corrector=False).")
+    variant = _cfg(scheduler, "solver_type", "bh2")
+    final_type = _cfg(scheduler, "final_sigmas_type", "zero")
+    if variant == "bh1" and final_type == "zero":
+        raise UnsupportedScheduler(
+            f"{name}(solver_type='bh1', final_sigmas_type='zero') returns NaN in diffusers (its last step "
+            "multiplies B(h) = -h = -inf by an empty sum); flowode's unipc returns the denoised estimate there. "
+            "Use final_sigmas_type='sigma_min' or solver_type='bh2' for a loop flowode reproduces.")
+    schedule = diffusers_schedule(scheduler)
+    sigmas, ts = _vp_sigmas(scheduler, schedule, _timesteps(scheduler))
+    table = TimestepTable(schedule, sigmas[:-1], ts)
+    opts = {"order": int(_cfg(scheduler, "solver_order", 2)), "variant": variant,
+            "lower_order_final": bool(_cfg(scheduler, "lower_order_final", True))}
+    return DiffusersPlan(name, sigmas, ts, "unipc", table, _prediction(scheduler), opts)
+
+
+def _dpm_multistep(scheduler: Any) -> DiffusersPlan:
+    name = "DPMSolverMultistepScheduler"
+    _refuse_if(scheduler, "algorithm_type", ("dpmsolver", "sde-dpmsolver", "sde-dpmsolver++"),
+               "flowode ships the data-prediction ODE form only (algorithm_type='dpmsolver++'); the 'dpmsolver' "
+               "noise-prediction form and the SDE variants are not reproduced.")
+    _refuse_if(scheduler, "solver_type", ("heun",), "only solver_type='midpoint' is implemented.")
+    _refuse_if(scheduler, "thresholding", None, _NO_THRESHOLD)
+    _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on DPMSolverMultistepScheduler are not reproduced.")
+    _refuse_if(scheduler, "variance_type", ("learned", "learned_range"), "learned variances are not reproduced.")
+    order = int(_cfg(scheduler, "solver_order", 2))
+    final_type = _cfg(scheduler, "final_sigmas_type", "zero")
+    if _cfg(scheduler, "euler_at_final") and final_type != "zero":
+        raise UnsupportedScheduler(f"{name}(euler_at_final=True, final_sigmas_type={final_type!r}) is not "
+                                   "reproduced: flowode's last step is first order only when it ends at 0.")
+    schedule = diffusers_schedule(scheduler)
+    sigmas, ts = _vp_sigmas(scheduler, schedule, _timesteps(scheduler))
+    table = TimestepTable(schedule, sigmas[:-1], ts)
+    lof = bool(_cfg(scheduler, "lower_order_final", True))
+    if order == 1:
+        return DiffusersPlan(name, sigmas, ts, "ddim", table, _prediction(scheduler))
+    if order == 2:
+        return DiffusersPlan(name, sigmas, ts, "dpm_solver++_2m", table, _prediction(scheduler),
+                             {"lower_order_final": lof})
+    if order == 3:
+        return DiffusersPlan(name, sigmas, ts, "dpm_solver++_3m", table, _prediction(scheduler),
+                             {"lower_order_final": lof, "coefficients": "reference"})
+    raise UnsupportedScheduler(f"{name}(solver_order={order}) is not reproduced (orders 1, 2 and 3 are).")
+
+
 _PLANS = {
+    "UniPCMultistepScheduler": _unipc,
+    "DPMSolverMultistepScheduler": _dpm_multistep,
     "DDIMScheduler": _ddim,
     "EulerDiscreteScheduler": _euler,
     "FlowMatchEulerDiscreteScheduler": _flow_match_euler,
 }
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
-NOT_YET = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler", "DDPMScheduler",
+NOT_YET = ("DEISMultistepScheduler", "DDPMScheduler",
            "HeunDiscreteScheduler", "DPMSolverSinglestepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
            "KDPM2DiscreteScheduler", "EulerAncestralDiscreteScheduler", "EDMEulerScheduler")
 
