@@ -19,6 +19,8 @@ diffusers                          flowode                state conversion
 ``DPMSolverMultistepScheduler``    ``dpm_solver++_2m`` /  none (VP state)
                                    ``_3m`` (reference)
 ``UniPCMultistepScheduler``        ``unipc``              none (VP state)
+``DEISMultistepScheduler``         ``deis`` (log-rho)     none (VP state)
+``HeunDiscreteScheduler``          ``heun`` in sigma      as Euler (its last step, to 0, is Euler's)
 ``EulerDiscreteScheduler``         ``euler`` in sigma     ``x = latents / sqrt(1 + sigma_0^2)`` (VE -> VP)
 ``FlowMatchEulerDiscreteScheduler`` ``ddim`` (= Euler in t) none (flow-matching state)
 =================================  =====================  ==============================================
@@ -303,6 +305,45 @@ def _unipc(scheduler: Any) -> DiffusersPlan:
     return DiffusersPlan(name, sigmas, ts, "unipc", table, _prediction(scheduler), opts)
 
 
+def _deis(scheduler: Any) -> DiffusersPlan:
+    name = "DEISMultistepScheduler"
+    _refuse_if(scheduler, "algorithm_type", ("dpmsolver", "dpmsolver++"), "only algorithm_type='deis' is reproduced.")
+    _refuse_if(scheduler, "solver_type", ("bh1", "bh2"), "only solver_type='logrho' is reproduced.")
+    _refuse_if(scheduler, "thresholding", None, _NO_THRESHOLD)
+    _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on DEISMultistepScheduler are not reproduced.")
+    schedule = diffusers_schedule(scheduler)
+    sigmas, ts = _vp_sigmas(scheduler, schedule, _timesteps(scheduler))
+    table = TimestepTable(schedule, sigmas[:-1], ts)
+    # diffusers' DEIS is flowode's deis with the log-rho basis (flowode's default basis is "t")
+    opts = {"order": int(_cfg(scheduler, "solver_order", 2)), "basis": "log_rho",
+            "lower_order_final": bool(_cfg(scheduler, "lower_order_final", True))}
+    return DiffusersPlan(name, sigmas, ts, "deis", table, _prediction(scheduler), opts)
+
+
+def _heun(scheduler: Any) -> DiffusersPlan:
+    name = "HeunDiscreteScheduler"
+    _refuse_if(scheduler, "clip_sample", None, "diffusers clips x0 inside the step; set clip_sample=False.")
+    schedule = diffusers_schedule(scheduler)
+    ts = _timesteps(scheduler)
+    raw = torch.as_tensor(scheduler.sigmas).detach().cpu().to(torch.float64)
+    # diffusers interleaves the levels: [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0] with a timestep per call;
+    # every level but the first and the last is visited twice (predictor end, corrector start)
+    if len(raw) != len(ts) + 1 or len(raw) < 3 or len(raw) % 2:
+        raise UnsupportedScheduler(f"{name}'s sigmas {raw.tolist()} are not the interleaved Heun grid.")
+    levels = torch.cat([raw[:1], raw[1:-1:2], raw[-1:]])
+    if not torch.equal(raw[1:-1:2], raw[2:-1:2]) or float(raw[-1]) != 0.0:
+        raise UnsupportedScheduler(f"{name}'s sigmas {raw.tolist()} are not the interleaved Heun grid ending at 0.")
+    t_levels = torch.cat([ts[:1], ts[1::2]])
+    sigmas = torch.cat([_snap(levels[:-1], schedule), levels[-1:]])
+    if not bool((torch.diff(sigmas) < 0).all()):
+        raise UnsupportedScheduler(f"{name}'s levels {sigmas.tolist()} do not decrease.")
+    table = TimestepTable(schedule, sigmas[:-1], t_levels)
+    s0 = float(sigmas[0])
+    # like Euler: diffusers' Heun keeps the VE state; its last step (to 0) is an Euler step = the DDIM step
+    return DiffusersPlan(name, sigmas, t_levels, "heun", table, _prediction(scheduler), {"coordinates": "sigma"},
+                         latent_scale=1 / math.sqrt(1 + s0 * s0))
+
+
 def _dpm_multistep(scheduler: Any) -> DiffusersPlan:
     name = "DPMSolverMultistepScheduler"
     _refuse_if(scheduler, "algorithm_type", ("dpmsolver", "sde-dpmsolver", "sde-dpmsolver++"),
@@ -333,6 +374,8 @@ def _dpm_multistep(scheduler: Any) -> DiffusersPlan:
 
 
 _PLANS = {
+    "DEISMultistepScheduler": _deis,
+    "HeunDiscreteScheduler": _heun,
     "UniPCMultistepScheduler": _unipc,
     "DPMSolverMultistepScheduler": _dpm_multistep,
     "DDIMScheduler": _ddim,
@@ -341,8 +384,7 @@ _PLANS = {
 }
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
-NOT_YET = ("DEISMultistepScheduler", "DDPMScheduler",
-           "HeunDiscreteScheduler", "DPMSolverSinglestepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+NOT_YET = ("DDPMScheduler", "DPMSolverSinglestepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
            "KDPM2DiscreteScheduler", "EulerAncestralDiscreteScheduler", "EDMEulerScheduler")
 
 
