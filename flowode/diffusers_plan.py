@@ -21,6 +21,7 @@ diffusers                          flowode                state conversion
 ``UniPCMultistepScheduler``        ``unipc``              none (VP state)
 ``DEISMultistepScheduler``         ``deis`` (log-rho)     none (VP state)
 ``HeunDiscreteScheduler``          ``heun`` in sigma      as Euler (its last step, to 0, is Euler's)
+``DDPMScheduler``                  ``ddpm``               none; same ``generator``, same draws
 ``EulerDiscreteScheduler``         ``euler`` in sigma     ``x = latents / sqrt(1 + sigma_0^2)`` (VE -> VP)
 ``FlowMatchEulerDiscreteScheduler`` ``ddim`` (= Euler in t) none (flow-matching state)
 =================================  =====================  ==============================================
@@ -121,13 +122,14 @@ class DiffusersPlan:
     schedule: Schedule
     prediction: str
     options: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     latent_scale: float = 1.0
     final_scale: float = 1.0
 
     def model(self, unet: Any, *, unet_kwargs: Optional[dict[str, Any]] = None, **model_kwargs: Any) -> EpsilonModel:
         """The network as a flowode model on the plan's schedule (timesteps exactly as diffusers)."""
         fn = _DiffusersFn(unet, dict(unet_kwargs or {}))
-        return EpsilonModel(fn, self.schedule, prediction=self.prediction, **model_kwargs)
+        return EpsilonModel(fn, self.schedule, prediction=self.prediction, **{**self.model_kwargs, **model_kwargs})
 
     def run(self, model: Any, latents: Tensor, **kwargs: Any) -> Tensor:
         """Diffusers' loop as one flowode solve: ``latents`` as diffusers' loop starts from them
@@ -135,7 +137,9 @@ class DiffusersPlan:
 
         ``model`` is a diffusers network (``unet(x, t).sample``) or a flowode :class:`EpsilonModel`
         (e.g. :func:`flowode.from_diffusers`): only its network ``fn`` is used, on the plan's schedule,
-        so it receives exactly diffusers' timesteps. ``kwargs`` pass to :func:`flowode.integrate`."""
+        so it receives exactly diffusers' timesteps. ``kwargs`` pass to :func:`flowode.integrate`;
+        stochastic schedulers (DDPM) take ``generator=``: the same generator state as diffusers'
+        loop gives the same draws."""
         from .integrate import integrate
 
         if isinstance(model, EpsilonModel):
@@ -147,7 +151,7 @@ class DiffusersPlan:
             fn = model.fn
             if isinstance(fn, _DiffusersFn):  # the raw network, fed diffusers' timesteps as they are
                 fn = _DiffusersFn(fn.unet, fn.unet_kwargs)
-            net = EpsilonModel(fn, self.schedule, prediction=self.prediction)
+            net = EpsilonModel(fn, self.schedule, prediction=self.prediction, **self.model_kwargs)
         else:
             net = self.model(model)
         x = latents * self.latent_scale if self.latent_scale != 1.0 else latents
@@ -305,6 +309,36 @@ def _unipc(scheduler: Any) -> DiffusersPlan:
     return DiffusersPlan(name, sigmas, ts, "unipc", table, _prediction(scheduler), opts)
 
 
+def _ddpm(scheduler: Any) -> DiffusersPlan:
+    name = "DDPMScheduler"
+    _refuse_if(scheduler, "thresholding", None, "diffusers clamps its dynamic threshold to sample_max_value, "
+               "which flowode's dynamic_threshold does not have; set thresholding=False.")
+    variance = _cfg(scheduler, "variance_type", "fixed_small")
+    if variance not in ("fixed_small", "fixed_large"):
+        raise UnsupportedScheduler(f"{name}(variance_type={variance!r}) is not reproduced (fixed_small and "
+                                   "fixed_large are).")
+    schedule = diffusers_schedule(scheduler)
+    ts = _timesteps(scheduler)
+    if getattr(scheduler, "custom_timesteps", False):
+        raise UnsupportedScheduler(f"{name} with custom timesteps is not reproduced.")
+    stride = int(_cfg(scheduler, "num_train_timesteps")) // int(scheduler.num_inference_steps)
+    prev = ts - stride
+    if (len(ts) > 1 and not torch.equal(prev[:-1], ts[1:])) or float(prev[-1]) >= 0:
+        raise UnsupportedScheduler(
+            f"{name}(timestep_spacing={_cfg(scheduler, 'timestep_spacing')!r}) with {scheduler.num_inference_steps} "
+            f"steps lands on t - {stride}, which is not the next timestep of its grid {ts.long().tolist()}.")
+    abar = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu().to(torch.float64)
+    levels = torch.sqrt((1 - abar[ts.long()]) / abar[ts.long()])
+    sigmas = torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
+    table = TimestepTable(schedule, levels, ts)
+    kwargs: dict[str, Any] = {}
+    if _cfg(scheduler, "clip_sample", False):
+        r = float(_cfg(scheduler, "clip_sample_range", 1.0))
+        kwargs["clip_x0"] = (-r, r)
+    opts = {"variance": "small" if variance == "fixed_small" else "large"}
+    return DiffusersPlan(name, sigmas, ts, "ddpm", table, _prediction(scheduler), opts, kwargs)
+
+
 def _deis(scheduler: Any) -> DiffusersPlan:
     name = "DEISMultistepScheduler"
     _refuse_if(scheduler, "algorithm_type", ("dpmsolver", "dpmsolver++"), "only algorithm_type='deis' is reproduced.")
@@ -374,6 +408,7 @@ def _dpm_multistep(scheduler: Any) -> DiffusersPlan:
 
 
 _PLANS = {
+    "DDPMScheduler": _ddpm,
     "DEISMultistepScheduler": _deis,
     "HeunDiscreteScheduler": _heun,
     "UniPCMultistepScheduler": _unipc,
@@ -384,7 +419,7 @@ _PLANS = {
 }
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
-NOT_YET = ("DDPMScheduler", "DPMSolverSinglestepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+NOT_YET = ("DPMSolverSinglestepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
            "KDPM2DiscreteScheduler", "EulerAncestralDiscreteScheduler", "EDMEulerScheduler")
 
 

@@ -129,6 +129,31 @@ def test_plan_reproduces_the_diffusers_loop(case, net_kind, unet):
     assert err <= 2e-5 * scale, f"{name} {config}: max abs difference {err:.3g} (scale {scale:.3g})"
 
 
+DDPM_CASES = [
+    (dict(), 10),  # clip_sample=True (default): flowode's clip_x0, exact because the DDPM step uses x0 and x
+    (dict(clip_sample=False, variance_type="fixed_large", prediction_type="v_prediction"), 8),
+    (dict(timestep_spacing="trailing", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), 5),
+]
+
+
+@pytest.mark.parametrize("net_kind", ["dummy", "unet"])
+@pytest.mark.parametrize("config, steps", DDPM_CASES)
+def test_ddpm_plan_draws_the_same_noise(config, steps, net_kind, unet):
+    net = unet if net_kind == "unet" else None
+    fn = _net_fn(net)
+    sched = _make("DDPMScheduler", config, steps)
+    latents = _latents(sched)
+    g = torch.Generator().manual_seed(123)
+    x = latents.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(fn(x, t), t, x, generator=g).prev_sample
+    plan = flowode.from_diffusers_scheduler(_make("DDPMScheduler", config, steps))
+    out = plan.run(fn if net is None else net, latents, generator=torch.Generator().manual_seed(123))
+    err = float((out - x).abs().max())
+    assert err <= 2e-5 * max(1.0, float(x.abs().max())), f"DDPM {config}: max abs difference {err:.3g}"
+
+
 def test_plan_with_from_diffusers_model_and_a_swapped_solver(unet):
     """The model of flowode.from_diffusers runs the plan too; then any solver runs on the same grid."""
     sched = _make("EulerDiscreteScheduler", {}, 10)
@@ -184,7 +209,9 @@ def test_from_diffusers_flow_matching_network():
     ("UniPCMultistepScheduler", dict(predict_x0=False), 5, "predict_x0"),
     ("DEISMultistepScheduler", dict(thresholding=True), 5, "thresholding"),
     ("HeunDiscreteScheduler", dict(clip_sample=True), 5, "clip_sample"),
-    ("DDPMScheduler", {}, 5, "DDPMScheduler"),
+    ("DDPMScheduler", dict(thresholding=True), 5, "thresholding"),
+    ("DDPMScheduler", dict(variance_type="learned"), 5, "variance_type"),
+    ("DPMSolverSinglestepScheduler", {}, 5, "DPMSolverSinglestepScheduler"),
     ("EulerAncestralDiscreteScheduler", {}, 5, "EulerAncestralDiscreteScheduler"),
     ("LCMScheduler", {}, 4, "LCMScheduler"),
 ])
