@@ -22,6 +22,8 @@ diffusers                          flowode                state conversion
 ``DEISMultistepScheduler``         ``deis`` (log-rho)     none (VP state)
 ``HeunDiscreteScheduler``          ``heun`` in sigma      as Euler (its last step, to 0, is Euler's)
 ``DDPMScheduler``                  ``ddpm``               none; same ``generator``, same draws
+``LMSDiscreteScheduler``           ``adams_bashforth``    as Euler (order 4 in sigma, lower-order start)
+``PNDMScheduler``                  ``plms``               none (PRK warm-up or ``skip_prk_steps``)
 ``EulerDiscreteScheduler``         ``euler`` in sigma     ``x = latents / sqrt(1 + sigma_0^2)`` (VE -> VP)
 ``FlowMatchEulerDiscreteScheduler`` ``ddim`` (= Euler in t) none (flow-matching state)
 =================================  =====================  ==============================================
@@ -354,6 +356,48 @@ def _deis(scheduler: Any) -> DiffusersPlan:
     return DiffusersPlan(name, sigmas, ts, "deis", table, _prediction(scheduler), opts)
 
 
+def _lms(scheduler: Any) -> DiffusersPlan:
+    """k-diffusion's LMS: the Lagrange polynomial through the last ``order`` derivatives ``eps`` in sigma,
+    integrated over each step (down to 0 on the last one) = variable-step Adams-Bashforth in sigma with
+    the lower-order start. ``order`` is an argument of diffusers' ``step`` (default 4): the plan uses 4."""
+    schedule = diffusers_schedule(scheduler)
+    sigmas, ts = _vp_sigmas(scheduler, schedule, _timesteps(scheduler))
+    table = TimestepTable(schedule, sigmas[:-1], ts)
+    s0, s1 = float(sigmas[0]), float(sigmas[-1])
+    return DiffusersPlan("LMSDiscreteScheduler", sigmas, ts, "adams_bashforth", table, _prediction(scheduler),
+                         {"order": 4, "coordinates": "sigma", "warmup": "lower_order"},
+                         latent_scale=1 / math.sqrt(1 + s0 * s0), final_scale=1 / math.sqrt(1 + s1 * s1))
+
+
+def _pndm(scheduler: Any) -> DiffusersPlan:
+    name = "PNDMScheduler"
+    if _prediction(scheduler) != "eps":
+        raise UnsupportedScheduler(
+            f"{name}(prediction_type={_cfg(scheduler, 'prediction_type')!r}) is not reproduced: diffusers combines "
+            "the raw outputs and converts the combination to eps, flowode's plms converts each output first "
+            "(the two agree for eps networks only; see docs/diffusers.md).")
+    schedule = diffusers_schedule(scheduler)
+    ts = _timesteps(scheduler)
+    distinct = torch.unique(ts).flip(0)  # PRK stages and the repeated first PLMS step visit levels twice
+    skip = bool(_cfg(scheduler, "skip_prk_steps", False))
+    stride = int(_cfg(scheduler, "num_train_timesteps")) // int(scheduler.num_inference_steps)
+    if not skip:
+        distinct = distinct[(distinct.long() % max(stride, 1)) == (distinct[0].long() % max(stride, 1))]
+    gaps = -torch.diff(distinct)
+    if len(distinct) < 2 or not bool((gaps == stride).all()) or (not skip and stride % 2):
+        raise UnsupportedScheduler(
+            f"{name}(timestep_spacing={_cfg(scheduler, 'timestep_spacing')!r}) with {scheduler.num_inference_steps} "
+            f"steps steps by t - {stride}" + ("" if skip else f" with Runge-Kutta half steps of {stride // 2}") +
+            f", which is not its grid {distinct.long().tolist()} (and its midpoints): not an ODE grid flowode's plms "
+            "walks. Use timestep_spacing='leading' with a step count whose stride is even.")
+    final = "zero" if _cfg(scheduler, "set_alpha_to_one", True) else "min"
+    from .grids import sigmas_from_timesteps
+
+    sigmas = sigmas_from_timesteps(schedule, distinct, final)
+    table = TimestepTable(schedule, sigmas[: len(distinct)], distinct)
+    return DiffusersPlan(name, sigmas, distinct, "plms", table, "eps", {"skip_prk_steps": skip})
+
+
 def _heun(scheduler: Any) -> DiffusersPlan:
     name = "HeunDiscreteScheduler"
     _refuse_if(scheduler, "clip_sample", None, "diffusers clips x0 inside the step; set clip_sample=False.")
@@ -411,6 +455,8 @@ _PLANS = {
     "DDPMScheduler": _ddpm,
     "DEISMultistepScheduler": _deis,
     "HeunDiscreteScheduler": _heun,
+    "LMSDiscreteScheduler": _lms,
+    "PNDMScheduler": _pndm,
     "UniPCMultistepScheduler": _unipc,
     "DPMSolverMultistepScheduler": _dpm_multistep,
     "DDIMScheduler": _ddim,
@@ -419,7 +465,7 @@ _PLANS = {
 }
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
-NOT_YET = ("DPMSolverSinglestepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+NOT_YET = ("DPMSolverSinglestepScheduler",
            "KDPM2DiscreteScheduler", "EulerAncestralDiscreteScheduler", "EDMEulerScheduler")
 
 

@@ -94,6 +94,11 @@ CASES = [
     ("HeunDiscreteScheduler", dict(), 6),
     ("HeunDiscreteScheduler", dict(use_karras_sigmas=True, prediction_type="v_prediction",
                                    timestep_spacing="trailing"), 5),
+    ("LMSDiscreteScheduler", dict(), 10),
+    ("LMSDiscreteScheduler", dict(use_karras_sigmas=True, prediction_type="v_prediction",
+                                  timestep_spacing="trailing"), 8),
+    ("PNDMScheduler", dict(), 6),
+    ("PNDMScheduler", dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=True), 10),
     ("FlowMatchEulerDiscreteScheduler", dict(), 10),
     ("FlowMatchEulerDiscreteScheduler", dict(shift=3.0), 8),
     ("FlowMatchEulerDiscreteScheduler", dict(use_dynamic_shifting=True), 6),
@@ -212,6 +217,8 @@ def test_from_diffusers_flow_matching_network():
     ("DDPMScheduler", dict(thresholding=True), 5, "thresholding"),
     ("DDPMScheduler", dict(variance_type="learned"), 5, "variance_type"),
     ("DPMSolverSinglestepScheduler", {}, 5, "DPMSolverSinglestepScheduler"),
+    ("PNDMScheduler", dict(prediction_type="v_prediction"), 6, "prediction_type"),
+    ("PNDMScheduler", dict(), 9, "stride is even"),  # 1000 // 9 = 111: PRK half steps of 55.5
     ("EulerAncestralDiscreteScheduler", {}, 5, "EulerAncestralDiscreteScheduler"),
     ("LCMScheduler", {}, 4, "LCMScheduler"),
 ])
