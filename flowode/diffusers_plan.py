@@ -24,6 +24,7 @@ diffusers                          flowode                state conversion
 ``DDPMScheduler``                  ``ddpm``               none; same ``generator``, same draws
 ``LMSDiscreteScheduler``           ``adams_bashforth``    as Euler (order 4 in sigma, lower-order start)
 ``PNDMScheduler``                  ``plms``               none (PRK warm-up or ``skip_prk_steps``)
+``EDMEulerScheduler``              ``euler`` in sigma     none (EDM state); EDM preconditioning in the model
 ``EulerDiscreteScheduler``         ``euler`` in sigma     ``x = latents / sqrt(1 + sigma_0^2)`` (VE -> VP)
 ``FlowMatchEulerDiscreteScheduler`` ``ddim`` (= Euler in t) none (flow-matching state)
 =================================  =====================  ==============================================
@@ -125,12 +126,17 @@ class DiffusersPlan:
     prediction: str
     options: dict[str, Any] = field(default_factory=dict)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    edm: Optional[tuple[float, float]] = None  # (sigma_data, sign of c_out): EDM preconditioning
     latent_scale: float = 1.0
     final_scale: float = 1.0
 
     def model(self, unet: Any, *, unet_kwargs: Optional[dict[str, Any]] = None, **model_kwargs: Any) -> EpsilonModel:
         """The network as a flowode model on the plan's schedule (timesteps exactly as diffusers)."""
         fn = _DiffusersFn(unet, dict(unet_kwargs or {}))
+        if self.edm is not None:
+            from .adapters import DenoiserModel
+
+            return DenoiserModel(_EDMDenoiser(fn, *self.edm), self.schedule, **{**self.model_kwargs, **model_kwargs})
         return EpsilonModel(fn, self.schedule, prediction=self.prediction, **{**self.model_kwargs, **model_kwargs})
 
     def run(self, model: Any, latents: Tensor, **kwargs: Any) -> Tensor:
@@ -153,12 +159,33 @@ class DiffusersPlan:
             fn = model.fn
             if isinstance(fn, _DiffusersFn):  # the raw network, fed diffusers' timesteps as they are
                 fn = _DiffusersFn(fn.unet, fn.unet_kwargs)
+            if self.edm is not None:
+                raise TypeError(f"{self.scheduler}: pass the raw network (`unet`), not an EpsilonModel; the plan "
+                                "adds EDM's preconditioning itself (plan.model(unet)).")
             net = EpsilonModel(fn, self.schedule, prediction=self.prediction, **self.model_kwargs)
         else:
             net = self.model(model)
         x = latents * self.latent_scale if self.latent_scale != 1.0 else latents
         sol = integrate(net, x, self.sigmas, solver=self.solver, **{**self.options, **kwargs})
         return sol.x / self.final_scale if self.final_scale != 1.0 else sol.x
+
+
+class _EDMDenoiser(torch.nn.Module):
+    """EDM's preconditioning (Karras et al. 2022, Table 1; diffusers' ``EDMEulerScheduler``):
+    ``D(xbar, sigma) = c_skip xbar + c_out F(c_in xbar, 0.25 log sigma)`` with
+    ``c_skip = sd^2 / (sigma^2 + sd^2)``, ``c_out = +-sigma sd / sqrt(sigma^2 + sd^2)``,
+    ``c_in = 1 / sqrt(sigma^2 + sd^2)`` (``-`` for v-prediction)."""
+
+    def __init__(self, fn: Any, sigma_data: float, sign: float) -> None:
+        super().__init__()
+        self.fn, self.sigma_data, self.sign = fn, float(sigma_data), float(sign)
+
+    def forward(self, xbar: Tensor, sigma: Tensor) -> Tensor:
+        s = sigma.view((-1,) + (1,) * (xbar.dim() - 1))
+        sd = self.sigma_data
+        norm = (s**2 + sd**2) ** 0.5
+        out = self.fn(xbar / norm, 0.25 * torch.log(sigma))
+        return sd**2 / (s**2 + sd**2) * xbar + (self.sign * s * sd / norm) * out
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -398,6 +425,27 @@ def _pndm(scheduler: Any) -> DiffusersPlan:
     return DiffusersPlan(name, sigmas, distinct, "plms", table, "eps", {"skip_prk_steps": skip})
 
 
+def _edm_euler(scheduler: Any) -> DiffusersPlan:
+    from .schedules import EDMSchedule
+
+    name = "EDMEulerScheduler"
+    ptype = _cfg(scheduler, "prediction_type", "epsilon")
+    if ptype not in ("epsilon", "v_prediction"):
+        raise UnsupportedScheduler(f"{name}(prediction_type={ptype!r}) is not reproduced.")
+    ts = _timesteps(scheduler)
+    sigmas = torch.as_tensor(scheduler.sigmas).detach().cpu().to(torch.float64)
+    schedule = EDMSchedule(float(_cfg(scheduler, "sigma_min")), float(_cfg(scheduler, "sigma_max")))
+    if float(sigmas[-1]) != 0.0:
+        raise UnsupportedScheduler(f"{name}(final_sigmas_type={_cfg(scheduler, 'final_sigmas_type')!r}) is not "
+                                   "reproduced (final_sigmas_type='zero' is).")
+    sigmas = torch.cat([_snap(sigmas[:-1], schedule), sigmas[-1:]])
+    if len(sigmas) != len(ts) + 1 or not bool((torch.diff(sigmas) < 0).all()):
+        raise UnsupportedScheduler(f"{name}'s sigmas {sigmas.tolist()} are not a decreasing grid.")
+    edm = (float(_cfg(scheduler, "sigma_data", 0.5)), 1.0 if ptype == "epsilon" else -1.0)
+    # the state is EDM's own (alpha = 1); the network sees c_in xbar and c_noise = 0.25 log(sigma)
+    return DiffusersPlan(name, sigmas, ts, "euler", schedule, "x0", {"coordinates": "sigma"}, edm=edm)
+
+
 def _heun(scheduler: Any) -> DiffusersPlan:
     name = "HeunDiscreteScheduler"
     _refuse_if(scheduler, "clip_sample", None, "diffusers clips x0 inside the step; set clip_sample=False.")
@@ -457,6 +505,7 @@ _PLANS = {
     "HeunDiscreteScheduler": _heun,
     "LMSDiscreteScheduler": _lms,
     "PNDMScheduler": _pndm,
+    "EDMEulerScheduler": _edm_euler,
     "UniPCMultistepScheduler": _unipc,
     "DPMSolverMultistepScheduler": _dpm_multistep,
     "DDIMScheduler": _ddim,
@@ -466,7 +515,7 @@ _PLANS = {
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
 NOT_YET = ("DPMSolverSinglestepScheduler",
-           "KDPM2DiscreteScheduler", "EulerAncestralDiscreteScheduler", "EDMEulerScheduler")
+           "KDPM2DiscreteScheduler", "EulerAncestralDiscreteScheduler")
 
 
 def from_diffusers_scheduler(scheduler: Any) -> DiffusersPlan:

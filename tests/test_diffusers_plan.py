@@ -99,6 +99,8 @@ CASES = [
                                   timestep_spacing="trailing"), 8),
     ("PNDMScheduler", dict(), 6),
     ("PNDMScheduler", dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=True), 10),
+    ("EDMEulerScheduler", dict(), 8),
+    ("EDMEulerScheduler", dict(prediction_type="v_prediction", sigma_schedule="exponential", sigma_max=20.0), 6),
     ("FlowMatchEulerDiscreteScheduler", dict(), 10),
     ("FlowMatchEulerDiscreteScheduler", dict(shift=3.0), 8),
     ("FlowMatchEulerDiscreteScheduler", dict(use_dynamic_shifting=True), 6),
