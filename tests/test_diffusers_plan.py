@@ -80,6 +80,8 @@ CASES = [
     ("EulerDiscreteScheduler", dict(timestep_spacing="leading", steps_offset=1, beta_schedule="scaled_linear",
                                     beta_start=0.00085, beta_end=0.012), 6),
     ("DPMSolverMultistepScheduler", dict(), 10),
+    ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True, euler_at_final=True), 8),
+    ("EulerDiscreteScheduler", dict(use_exponential_sigmas=True, timestep_spacing="trailing"), 8),
     ("DPMSolverMultistepScheduler", dict(solver_order=3, final_sigmas_type="sigma_min",
                                          timestep_spacing="trailing"), 8),
     ("DPMSolverMultistepScheduler", dict(use_karras_sigmas=True, prediction_type="v_prediction"), 20),
