@@ -19,10 +19,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import diffusers  # noqa: E402
-from test_diffusers_plan import CASES, DDPM_CASES, _latents, _make, _net_fn, diffusers_loop  # noqa: E402
+from test_diffusers_plan import (  # noqa: E402
+    ANCESTRAL_CASES,
+    CASES,
+    DDPM_CASES,
+    _latents,
+    _make,
+    _net_fn,
+    diffusers_loop,
+)
 
 import flowode  # noqa: E402
 
+STOCHASTIC = ("DDPMScheduler", "EulerAncestralDiscreteScheduler")
 COMMAND = "PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/diffusers_parity.py"
 
 
@@ -41,11 +50,11 @@ def one(name: str, config: dict, steps: int, net) -> tuple[float, float, str]:
     latents = _latents(sched)
     plan = flowode.from_diffusers_scheduler(_make(name, config, steps))
     with torch.no_grad():
-        if name == "DDPMScheduler":
+        if name in STOCHASTIC:
             g = torch.Generator().manual_seed(123)
             ref = latents.clone()
             for t in sched.timesteps:
-                ref = sched.step(fn(ref, t), t, ref, generator=g).prev_sample
+                ref = sched.step(fn(sched.scale_model_input(ref, t), t), t, ref, generator=g).prev_sample
             out = plan.run(fn if net is None else net, latents, generator=torch.Generator().manual_seed(123))
         else:
             ref = diffusers_loop(sched, fn, latents)
@@ -60,7 +69,9 @@ def main() -> None:
     rows = []
     rel_max = 0.0
     t0 = time.perf_counter()
-    for name, config, steps in CASES + [("DDPMScheduler", c, s) for c, s in DDPM_CASES]:
+    cases = CASES + [("DDPMScheduler", c, s) for c, s in DDPM_CASES]
+    cases += [("EulerAncestralDiscreteScheduler", c, s) for c, s in ANCESTRAL_CASES]
+    for name, config, steps in cases:
         d_dummy, _, solver = one(name, config, steps, None)
         d_unet, scale, _ = one(name, config, steps, unet)
         cfg = ", ".join(f"{k}={v}" for k, v in config.items()) or "defaults"
@@ -70,7 +81,8 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     text = "\n".join([
         "`flowode.from_diffusers_scheduler(scheduler).run(net, latents)` against the scheduler's own loop "
-        "(`scale_model_input`, network, `step`; DDPM with the same `torch.Generator` seed), float32, "
+        "(`scale_model_input`, network, `step`; DDPM and Euler ancestral with the same `torch.Generator` "
+        "seed), float32, "
         f"latents 2 x 3 x 8 x 8, diffusers {diffusers.__version__}, torch {torch.__version__}. Dummy: a "
         "deterministic smooth function of (x, t); UNet: a random `UNet2DModel` (block_out_channels 8, 16).",
         "",

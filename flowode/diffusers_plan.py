@@ -25,6 +25,7 @@ diffusers                          flowode                state conversion
 ``LMSDiscreteScheduler``           ``adams_bashforth``    as Euler (order 4 in sigma, lower-order start)
 ``PNDMScheduler``                  ``plms``               none (PRK warm-up or ``skip_prk_steps``)
 ``EDMEulerScheduler``              ``euler`` in sigma     none (EDM state); EDM preconditioning in the model
+``EulerAncestralDiscreteScheduler`` ``ddim``, ``eta=1``    as Euler; same ``generator``, same draws
 ``EulerDiscreteScheduler``         ``euler`` in sigma     ``x = latents / sqrt(1 + sigma_0^2)`` (VE -> VP)
 ``FlowMatchEulerDiscreteScheduler`` ``ddim`` (= Euler in t) none (flow-matching state)
 =================================  =====================  ==============================================
@@ -383,6 +384,18 @@ def _deis(scheduler: Any) -> DiffusersPlan:
     return DiffusersPlan(name, sigmas, ts, "deis", table, _prediction(scheduler), opts)
 
 
+def _euler_ancestral(scheduler: Any) -> DiffusersPlan:
+    """k-diffusion's Euler ancestral step ``xbar' = x0 + sigma_down eps + sigma_up z`` with
+    ``sigma_up^2 = s'^2 (s^2 - s'^2) / s^2``, ``sigma_down^2 = s'^2 - sigma_up^2`` is DDIM with
+    ``eta = 1`` (its posterior variance in ``x = alpha xbar`` is ``alpha'^2 sigma_up^2``): one draw
+    per step, from the same generator."""
+    _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas are not reproduced.")
+    plan = _euler(scheduler)
+    plan.scheduler, plan.options = "EulerAncestralDiscreteScheduler", {"eta": 1.0}
+    plan.solver = "ddim"
+    return plan
+
+
 def _lms(scheduler: Any) -> DiffusersPlan:
     """k-diffusion's LMS: the Lagrange polynomial through the last ``order`` derivatives ``eps`` in sigma,
     integrated over each step (down to 0 on the last one) = variable-step Adams-Bashforth in sigma with
@@ -506,6 +519,7 @@ _PLANS = {
     "LMSDiscreteScheduler": _lms,
     "PNDMScheduler": _pndm,
     "EDMEulerScheduler": _edm_euler,
+    "EulerAncestralDiscreteScheduler": _euler_ancestral,
     "UniPCMultistepScheduler": _unipc,
     "DPMSolverMultistepScheduler": _dpm_multistep,
     "DDIMScheduler": _ddim,
@@ -515,7 +529,7 @@ _PLANS = {
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
 NOT_YET = ("DPMSolverSinglestepScheduler",
-           "KDPM2DiscreteScheduler", "EulerAncestralDiscreteScheduler")
+           "KDPM2DiscreteScheduler")
 
 
 def from_diffusers_scheduler(scheduler: Any) -> DiffusersPlan:

@@ -148,19 +148,35 @@ DDPM_CASES = [
 @pytest.mark.parametrize("net_kind", ["dummy", "unet"])
 @pytest.mark.parametrize("config, steps", DDPM_CASES)
 def test_ddpm_plan_draws_the_same_noise(config, steps, net_kind, unet):
+    _stochastic("DDPMScheduler", config, steps, net_kind, unet)
+
+
+ANCESTRAL_CASES = [
+    (dict(), 10),
+    (dict(timestep_spacing="trailing", prediction_type="v_prediction"), 6),
+]
+
+
+@pytest.mark.parametrize("net_kind", ["dummy", "unet"])
+@pytest.mark.parametrize("config, steps", ANCESTRAL_CASES)
+def test_euler_ancestral_plan_draws_the_same_noise(config, steps, net_kind, unet):
+    _stochastic("EulerAncestralDiscreteScheduler", config, steps, net_kind, unet)
+
+
+def _stochastic(name, config, steps, net_kind, unet):
     net = unet if net_kind == "unet" else None
     fn = _net_fn(net)
-    sched = _make("DDPMScheduler", config, steps)
+    sched = _make(name, config, steps)
     latents = _latents(sched)
     g = torch.Generator().manual_seed(123)
     x = latents.clone()
     with torch.no_grad():
         for t in sched.timesteps:
-            x = sched.step(fn(x, t), t, x, generator=g).prev_sample
-    plan = flowode.from_diffusers_scheduler(_make("DDPMScheduler", config, steps))
+            x = sched.step(fn(sched.scale_model_input(x, t), t), t, x, generator=g).prev_sample
+    plan = flowode.from_diffusers_scheduler(_make(name, config, steps))
     out = plan.run(fn if net is None else net, latents, generator=torch.Generator().manual_seed(123))
     err = float((out - x).abs().max())
-    assert err <= 2e-5 * max(1.0, float(x.abs().max())), f"DDPM {config}: max abs difference {err:.3g}"
+    assert err <= 2e-5 * max(1.0, float(x.abs().max())), f"{name} {config}: max abs difference {err:.3g}"
 
 
 def test_plan_with_from_diffusers_model_and_a_swapped_solver(unet):
@@ -223,7 +239,6 @@ def test_from_diffusers_flow_matching_network():
     ("DPMSolverSinglestepScheduler", {}, 5, "DPMSolverSinglestepScheduler"),
     ("PNDMScheduler", dict(prediction_type="v_prediction"), 6, "prediction_type"),
     ("PNDMScheduler", dict(), 9, "stride is even"),  # 1000 // 9 = 111: PRK half steps of 55.5
-    ("EulerAncestralDiscreteScheduler", {}, 5, "EulerAncestralDiscreteScheduler"),
     ("LCMScheduler", {}, 4, "LCMScheduler"),
 ])
 def test_what_is_not_reproduced_is_refused_by_name(name, config, steps, match):
