@@ -26,6 +26,7 @@ diffusers                          flowode                state conversion
 ``PNDMScheduler``                  ``plms``               none (PRK warm-up or ``skip_prk_steps``)
 ``EDMEulerScheduler``              ``euler`` in sigma     none (EDM state); EDM preconditioning in the model
 ``EulerAncestralDiscreteScheduler`` ``ddim``, ``eta=1``    as Euler; same ``generator``, same draws
+``KDPM2DiscreteScheduler``         ``dpm_solver_2``       as Euler (DPM-2 = DPM-Solver-2, lambda midpoint)
 ``EulerDiscreteScheduler``         ``euler`` in sigma     ``x = latents / sqrt(1 + sigma_0^2)`` (VE -> VP)
 ``FlowMatchEulerDiscreteScheduler`` ``ddim`` (= Euler in t) none (flow-matching state)
 =================================  =====================  ==============================================
@@ -65,6 +66,7 @@ class TimestepTable(Schedule):
     def __init__(self, base: Schedule, sigmas: Tensor, timesteps: Tensor) -> None:
         self.base = base
         self.table = {float(s): float(t) for s, t in zip(sigmas.tolist(), timesteps.tolist())}
+        self._keys = sorted(k for k in self.table if 0 < k < math.inf)
         self.t_min, self.t_max = base.t_min, base.t_max
         self.discrete = base.discrete
         self.default_spacing = base.default_spacing
@@ -83,10 +85,21 @@ class TimestepTable(Schedule):
     def _sigma(self, t: Tensor) -> Tensor:
         return self.base._sigma(t)
 
+    def _lookup(self, v: float) -> Optional[float]:
+        """diffusers' timestep at level ``v``: an exact key, or one within float32 round-off
+        (relative 1e-6; e.g. a solver's midpoint ``sqrt(s s')`` in float64 against diffusers'
+        float32 interpolated sigma)."""
+        hit = self.table.get(v)
+        if hit is not None or not self._keys:
+            return hit
+        k = min(self._keys, key=lambda key: abs(key - v))
+        return self.table[k] if abs(k - v) <= 1e-6 * abs(k) else None
+
     def _t(self, sigma: Tensor) -> Tensor:
         flat = sigma.flatten().tolist()
-        if all(v in self.table for v in flat):
-            return torch.tensor([self.table[v] for v in flat], dtype=torch.float64).view(sigma.shape)
+        hits = [self._lookup(v) for v in flat]
+        if all(h is not None for h in hits):
+            return torch.tensor(hits, dtype=torch.float64).view(sigma.shape)
         return self.base._t(sigma)
 
     def _dsigma_dt(self, t: Tensor) -> Tensor:
@@ -396,6 +409,29 @@ def _euler_ancestral(scheduler: Any) -> DiffusersPlan:
     return plan
 
 
+def _kdpm2(scheduler: Any) -> DiffusersPlan:
+    """k-diffusion's DPM-2: an Euler half step to the geometric mean ``sqrt(s s')`` of the two levels,
+    then the full step with the derivative there. In ``xbar`` that is DPM-Solver-2 (Lu et al. 2022,
+    Algorithm 1, ``r1 = 1/2``: the lambda midpoint); its last step (to 0) is Euler's."""
+    name = "KDPM2DiscreteScheduler"
+    schedule = diffusers_schedule(scheduler)
+    ts = _timesteps(scheduler)
+    raw = torch.as_tensor(scheduler.sigmas).detach().cpu().to(torch.float64)
+    mids = torch.as_tensor(scheduler.sigmas_interpol).detach().cpu().to(torch.float64)
+    n = (len(ts) + 1) // 2  # steps: n - 1 two-stage steps and the last (Euler) step to 0
+    levels = torch.cat([raw[:1], raw[1:2 * n - 1:2], torch.zeros(1, dtype=torch.float64)])
+    if len(levels) != n + 1 or float(raw[-1]) != 0.0 or not bool((torch.diff(levels) < 0).all()):
+        raise UnsupportedScheduler(f"{name}'s sigmas {raw.tolist()} are not the interleaved DPM-2 grid.")
+    sig = torch.cat([_snap(levels[:-1], schedule), levels[-1:]])
+    mid = mids[1:2 * n - 2:2]
+    keys = torch.cat([sig[:-1], mid])
+    vals = torch.cat([ts[0::2], ts[1::2]])
+    table = TimestepTable(schedule, keys, vals)
+    s0 = float(sig[0])
+    return DiffusersPlan(name, sig, ts[0::2], "dpm_solver_2", table, _prediction(scheduler),
+                         latent_scale=1 / math.sqrt(1 + s0 * s0))
+
+
 def _lms(scheduler: Any) -> DiffusersPlan:
     """k-diffusion's LMS: the Lagrange polynomial through the last ``order`` derivatives ``eps`` in sigma,
     integrated over each step (down to 0 on the last one) = variable-step Adams-Bashforth in sigma with
@@ -520,6 +556,7 @@ _PLANS = {
     "PNDMScheduler": _pndm,
     "EDMEulerScheduler": _edm_euler,
     "EulerAncestralDiscreteScheduler": _euler_ancestral,
+    "KDPM2DiscreteScheduler": _kdpm2,
     "UniPCMultistepScheduler": _unipc,
     "DPMSolverMultistepScheduler": _dpm_multistep,
     "DDIMScheduler": _ddim,
@@ -528,8 +565,7 @@ _PLANS = {
 }
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
-NOT_YET = ("DPMSolverSinglestepScheduler",
-           "KDPM2DiscreteScheduler")
+NOT_YET = ("DPMSolverSinglestepScheduler",)
 
 
 def from_diffusers_scheduler(scheduler: Any) -> DiffusersPlan:
