@@ -22,6 +22,8 @@ ORDER = [
     ("inversion.md", "Encode/decode round trips (issue 5)"),
     ("edict_precision.md", "EDICT in float32: round-off and its cause (issue 5)"),
     ("bench.md", "Benchmark engine example (issue 4)"),
+    ("flow_matching.md", "Flow matching beside VP: error against NFE on the exact Gaussian-mixture flow (issue 11)"),
+    ("diffusers_parity.md", "diffusers schedulers reproduced by from_diffusers_scheduler (issue 11)"),
 ]
 
 

@@ -8,6 +8,7 @@ decode with measured round trips. See DESIGN.md section 4 and docs/ for the publ
 from . import adapters, analytic, control, data, nets, solvers, train
 from .adapters import DenoiserModel, from_diffusers
 from .analytic import Gaussian, GaussianMixture, reference_solve
+from .diffusers_plan import DiffusersPlan, UnsupportedScheduler, from_diffusers_scheduler
 from .field import ProbabilityFlow
 from .grids import GridError, check_grid, resolve_grid, sigma_grid, sigmas_from_timesteps
 from .integrate import Solution, decode, encode, integrate, sample
@@ -20,6 +21,7 @@ from .schedules import (
     CosineVPSchedule,
     DiscreteVPSchedule,
     EDMSchedule,
+    FlowMatchSchedule,
     LinearVPSchedule,
     Schedule,
     VESchedule,
@@ -36,7 +38,9 @@ __version__ = "0.1.0"
 __all__ = [
     # schedules, models, the field
     "Schedule", "VPSchedule", "DiscreteVPSchedule", "LinearVPSchedule", "CosineVPSchedule",
-    "VESchedule", "EDMSchedule", "EpsilonModel", "DenoiserModel", "from_diffusers", "ProbabilityFlow",
+    "VESchedule", "EDMSchedule", "FlowMatchSchedule",
+    "EpsilonModel", "DenoiserModel", "from_diffusers", "from_diffusers_scheduler", "DiffusersPlan",
+    "ProbabilityFlow",
     # grids and the driver
     "sigma_grid", "sigmas_from_timesteps", "check_grid", "resolve_grid",
     "integrate", "sample", "encode", "decode", "Solution", "StepEvent",
@@ -46,6 +50,7 @@ __all__ = [
     "list_pretrained", "load_pretrained",
     # every error and warning a user may catch
     "GridError", "SolverError", "UnknownSolverError", "MaxNFEError", "NetworkOutputError", "InversionWarning",
+    "UnsupportedScheduler",
     # sub-packages
     "analytic", "solvers", "control", "invert", "adapters", "data", "nets", "train",
 ]

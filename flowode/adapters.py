@@ -37,12 +37,22 @@ from torch import Tensor
 from .grids import check_grid, sigmas_from_timesteps
 from .models import EpsilonModel
 from .parameterization import per_sample
-from .schedules import DiscreteVPSchedule, Schedule
+from .schedules import DiscreteVPSchedule, FlowMatchSchedule, Schedule
 
-__all__ = ["from_diffusers", "diffusers_schedule", "diffusers_sigmas", "DenoiserModel", "PREDICTION_TYPES"]
+__all__ = ["from_diffusers", "diffusers_schedule", "is_flow_matching", "diffusers_sigmas", "DenoiserModel",
+           "PREDICTION_TYPES"]
 
 #: diffusers ``prediction_type`` -> flowode ``prediction``
-PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
+
+
+def is_flow_matching(scheduler: Any) -> bool:
+    """Whether a diffusers scheduler drives a flow-matching network (``x_t = (1 - t) x0 + t eps``): its
+    class is one of diffusers' ``FlowMatch*`` schedulers, or its ``prediction_type`` is
+    ``"flow_prediction"`` (a VP-type scheduler with ``use_flow_sigmas``)."""
+    config = _config(scheduler)
+    ptype = config.get("prediction_type", None) if hasattr(config, "get") else None
+    return type(scheduler).__name__.startswith("FlowMatch") or ptype == "flow_prediction"
 
 
 def _config(scheduler: Any) -> Any:
@@ -52,11 +62,16 @@ def _config(scheduler: Any) -> Any:
     return config
 
 
-def diffusers_schedule(scheduler: Any) -> DiscreteVPSchedule:
-    """The :class:`DiscreteVPSchedule` of a diffusers scheduler: its ``alphas_cumprod`` (as diffusers
-    computed them, in float32, cast to float64), or, for schedulers without that attribute, rebuilt
-    from ``betas``."""
-    _config(scheduler)
+def diffusers_schedule(scheduler: Any) -> Schedule:
+    """The schedule of a diffusers scheduler: a :class:`DiscreteVPSchedule` from its ``alphas_cumprod``
+    (as diffusers computed them, in float32, cast to float64), or, for schedulers without that
+    attribute, rebuilt from ``betas``; for a flow-matching scheduler (:func:`is_flow_matching`) a
+    :class:`~flowode.FlowMatchSchedule` with its ``shift`` (grids only) and ``t_min = 1 / N``."""
+    config = _config(scheduler)
+    if is_flow_matching(scheduler):
+        n = int(config.get("num_train_timesteps", 1000)) if hasattr(config, "get") else 1000
+        shift = float(config.get("shift", 1.0) or 1.0) if hasattr(config, "get") else 1.0
+        return FlowMatchSchedule(shift=shift, t_min=1.0 / n)
     abar = getattr(scheduler, "alphas_cumprod", None)
     if abar is not None:
         return DiscreteVPSchedule.from_alphas_cumprod(torch.as_tensor(abar).detach().cpu().to(torch.float64))
@@ -70,15 +85,17 @@ def diffusers_schedule(scheduler: Any) -> DiscreteVPSchedule:
 
 
 class _DiffusersFn(torch.nn.Module):
-    """``fn(x, t) = unet(x, t, **kwargs).sample`` (or the first element of a tuple output)."""
+    """``fn(x, t) = unet(x, time_scale * t, **kwargs).sample`` (or the first element of a tuple output).
+    ``time_scale`` is ``num_train_timesteps`` for flow-matching networks (diffusers passes ``1000 t``)."""
 
-    def __init__(self, unet: Callable[..., Any], unet_kwargs: dict[str, Any]) -> None:
+    def __init__(self, unet: Callable[..., Any], unet_kwargs: dict[str, Any], time_scale: float = 1.0) -> None:
         super().__init__()
         self.unet = unet
         self.unet_kwargs = unet_kwargs
+        self.time_scale = float(time_scale)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.unet(x, t, **self.unet_kwargs)
+        out = self.unet(x, t * self.time_scale if self.time_scale != 1.0 else t, **self.unet_kwargs)
         if hasattr(out, "sample"):
             return out.sample
         if isinstance(out, (tuple, list)):
@@ -96,6 +113,10 @@ def from_diffusers(unet: Callable[..., Any], scheduler: Any, *, unet_kwargs: Opt
             (possibly fractional) training timesteps, one per sample.
         scheduler: a diffusers scheduler (``DDIMScheduler``, ``DDPMScheduler``, ...); its
             ``alphas_cumprod`` and ``config.prediction_type`` are used (see the module docstring).
+            A flow-matching scheduler (``FlowMatchEulerDiscreteScheduler``, or
+            ``prediction_type="flow_prediction"``) gives a ``prediction="flow"`` model on
+            :class:`~flowode.FlowMatchSchedule`, whose network receives ``num_train_timesteps * t``
+            as diffusers' flow pipelines pass it.
         unet_kwargs: extra keywords for every call (e.g. ``class_labels=...``).
         **model_kwargs: passed to :class:`EpsilonModel` (``clip_x0``, guidance, ...).
 
@@ -103,6 +124,9 @@ def from_diffusers(unet: Callable[..., Any], scheduler: Any, *, unet_kwargs: Opt
     """
     config = _config(scheduler)
     ptype = config.get("prediction_type", "epsilon") if hasattr(config, "get") else "epsilon"
+    flow = is_flow_matching(scheduler)
+    if flow:
+        ptype = "flow_prediction"
     if ptype not in PREDICTION_TYPES:
         raise ValueError(
             f"unsupported diffusers prediction_type {ptype!r}; flowode handles {', '.join(PREDICTION_TYPES)}."
@@ -110,7 +134,8 @@ def from_diffusers(unet: Callable[..., Any], scheduler: Any, *, unet_kwargs: Opt
     if not callable(unet):
         raise TypeError(f"`unet` must be callable unet(x, t), got {type(unet).__name__}.")
     schedule = diffusers_schedule(scheduler)
-    model = EpsilonModel(_DiffusersFn(unet, dict(unet_kwargs or {})), schedule,
+    n_train = float(config.get("num_train_timesteps", 1000)) if hasattr(config, "get") else 1000.0
+    model = EpsilonModel(_DiffusersFn(unet, dict(unet_kwargs or {}), n_train if flow else 1.0), schedule,
                          prediction=PREDICTION_TYPES[ptype], **model_kwargs)
     model.unet = unet  # type: ignore[attr-defined]
     return model

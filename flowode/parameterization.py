@@ -1,4 +1,4 @@
-"""The one table of parameterisation conversions: eps, x0, v and score at ``(x, sigma)``.
+"""The one table of parameterisation conversions: eps, x0, v, score and flow at ``(x, sigma)``.
 
 On a Gaussian path ``x = alpha x0 + std eps`` (``std = alpha * sigma``) a network may predict
 
@@ -6,14 +6,19 @@ On a Gaussian path ``x = alpha x0 + std eps`` (``std = alpha * sigma``) a networ
     x0    = (x - std eps) / alpha = x / alpha - sigma eps
     v     = alpha eps - std x0                (Salimans & Ho 2022, sec. 4)
     score = grad_x log p(x) = -eps / std      (Song et al. 2021, score-SDE; Tweedie)
+    flow  = eps - x0                          (Lipman et al. 2023; Liu et al. 2023: the velocity
+                                               dx/dt of the straight path x = (1 - t) x0 + t eps)
 
 and back, from ``x``:
 
     eps = (x - alpha x0) / std
     eps = (alpha v + std x) / (alpha^2 + std^2),   x0 = (alpha x - std v) / (alpha^2 + std^2)
     eps = -std * score
+    eps = (x + alpha u) / (alpha + std),           x0 = (x - std u) / (alpha + std)      (u = flow)
 
-(``alpha^2 + std^2 = 1`` on variance-preserving paths, where the division is skipped). Every other
+(``alpha^2 + std^2 = 1`` on variance-preserving paths and ``alpha + std = 1`` on the straight path,
+where the divisions are skipped). ``flow`` is defined on every path as ``eps - x0``; only on the
+flow-matching path is it also ``dx/dt``. Every other
 module converts through these functions; ``alpha`` and ``std`` are Python floats shared by the
 batch, or tensors broadcastable against ``x`` (per-sample noise levels).
 """
@@ -27,7 +32,7 @@ from torch import Tensor
 
 __all__ = ["PREDICTIONS", "x0_from_eps", "eps_from_x0", "to_eps", "to_x0", "from_eps_x0", "per_sample"]
 
-PREDICTIONS = ("eps", "x0", "v", "score")
+PREDICTIONS = ("eps", "x0", "v", "score", "flow")
 
 Scalar = Union[float, Tensor]
 
@@ -40,6 +45,14 @@ def per_sample(values: Tensor, like: Tensor) -> Tensor:
 def _norm2(alpha: Scalar, std: Scalar) -> Optional[Scalar]:
     """``alpha^2 + std^2``, or ``None`` when it is 1 to round-off (VP paths: no division)."""
     den = alpha * alpha + std * std
+    if isinstance(den, float) and abs(den - 1.0) <= 1e-12:
+        return None
+    return den
+
+
+def _sum(alpha: Scalar, std: Scalar) -> Optional[Scalar]:
+    """``alpha + std``, or ``None`` when it is 1 to round-off (the straight path: no division)."""
+    den = alpha + std
     if isinstance(den, float) and abs(den - 1.0) <= 1e-12:
         return None
     return den
@@ -75,12 +88,16 @@ def to_eps(prediction: str, out: Tensor, x: Tensor, alpha: Scalar, std: Scalar) 
         return eps if den is None else eps / den
     if prediction == "score":
         return -std * out
+    if prediction == "flow":
+        eps = torch.add(x, out, alpha=alpha) if isinstance(alpha, float) else x + alpha * out
+        den = _sum(alpha, std)
+        return eps if den is None else eps / den
     raise ValueError(f"`prediction` must be one of {PREDICTIONS}, got {prediction!r}.")
 
 
 def to_x0(prediction: str, out: Tensor, x: Tensor, alpha: Scalar, std: Scalar) -> Optional[Tensor]:
-    """The network output as the denoised ``x0`` when the output determines it directly (x0 and
-    v networks); ``None`` for eps and score networks, whose ``x0`` follows from ``eps`` by
+    """The network output as the denoised ``x0`` when the output determines it directly (x0, v
+    and flow networks); ``None`` for eps and score networks, whose ``x0`` follows from ``eps`` by
     :func:`x0_from_eps` (computed lazily by :class:`~flowode.models.Prediction`)."""
     if prediction == "x0":
         return out
@@ -88,12 +105,17 @@ def to_x0(prediction: str, out: Tensor, x: Tensor, alpha: Scalar, std: Scalar) -
         x0 = torch.add(alpha * x, out, alpha=-std) if isinstance(std, float) else alpha * x - std * out
         den = _norm2(alpha, std)
         return x0 if den is None else x0 / den
+    if prediction == "flow":
+        x0 = torch.add(x, out, alpha=-std) if isinstance(std, float) else x - std * out
+        den = _sum(alpha, std)
+        return x0 if den is None else x0 / den
     return None
 
 
 def from_eps_x0(prediction: str, eps: Tensor, x0: Tensor, alpha: Scalar, std: Scalar) -> Tensor:
     """What a network of kind ``prediction`` outputs when the truth is ``(eps, x0)``: the training
-    target (DDPM's eps objective and its x0 / v variants) and the raw output of exact models."""
+    target (DDPM's eps objective, its x0 / v variants, flow matching's ``eps - x0``) and the raw
+    output of exact models."""
     if prediction == "eps":
         return eps
     if prediction == "x0":
@@ -102,4 +124,6 @@ def from_eps_x0(prediction: str, eps: Tensor, x0: Tensor, alpha: Scalar, std: Sc
         return alpha * eps - std * x0
     if prediction == "score":
         return -eps / std
+    if prediction == "flow":
+        return eps - x0
     raise ValueError(f"`prediction` must be one of {PREDICTIONS}, got {prediction!r}.")

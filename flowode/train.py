@@ -1,4 +1,5 @@
-"""DDPM training: the simple objective with eps / v / x0 targets, EMA, clipping and exact resume.
+"""DDPM and flow-matching training: the simple objective with eps / v / x0 / flow targets, EMA,
+clipping and exact resume.
 
 The objective is DDPM's ``L_simple`` (Ho et al. 2020, eq. 14 and Algorithm 1): draw a data point
 ``x0``, an integer timestep ``n ~ U{0, .., N-1}`` and ``eps ~ N(0, I)``, form
@@ -10,6 +11,13 @@ target is ``eps`` (default), ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Saliman
 sec. 4) or ``x0``; the trained network is then an :class:`~flowode.models.EpsilonModel` with
 ``prediction`` = the target. Timesteps reach the network as float tensors of the integers, the
 same values flowode's discrete schedules pass at integer grid points.
+
+Flow matching (``schedule="flow_match"``; rectified flow, Liu et al. 2023, eq. 1; Lipman et al.
+2023, eq. 23 with ``sigma_min = 0``): draw ``t ~ U(t_min, 1)`` with ``t_min = 1 / num_timesteps``
+and form ``x_t = (1 - t) x0 + t eps``; the target ``"flow"`` is the straight path's velocity
+``u = eps - x0`` (any other target works too: :func:`training_target` is the one conversion table).
+The network receives the continuous ``t`` in ``[t_min, 1]`` (give :class:`~flowode.nets.MLP`
+``time_scale=1000``), and the trained model is on :class:`~flowode.FlowMatchSchedule`.
 
 Reproducibility. Every random draw of training (batch indices or on-the-fly toy samples,
 timesteps, noise, label dropout) comes from one ``torch.Generator`` seeded with ``config.seed``.
@@ -50,14 +58,14 @@ from torch import Tensor, nn
 
 from .models import EpsilonModel
 from .parameterization import from_eps_x0
-from .schedules import DiscreteVPSchedule
+from .schedules import DiscreteVPSchedule, FlowMatchSchedule, Schedule
 
 __all__ = ["TrainConfig", "TrainResult", "train", "make_schedule", "schedule_spec", "schedule_from_spec",
            "TARGETS", "CHECKPOINT_FORMAT", "training_target", "TrainingDivergedError", "DIVERGENCE_FACTOR",
            "data_fingerprint"]
 
-TARGETS = ("eps", "v", "x0")
-SCHEDULES = ("linear", "cosine", "scaled_linear")
+TARGETS = ("eps", "v", "x0", "flow")
+SCHEDULES = ("linear", "cosine", "scaled_linear", "flow_match")
 CHECKPOINT_FORMAT = "flowode-train-checkpoint/1"
 
 DataSource = Union[Tensor, Callable[[int, Optional[torch.Generator]], Tensor]]
@@ -83,9 +91,11 @@ class TrainConfig:
         lr: peak Adam learning rate; ``warmup`` linear warm-up steps; ``lr_decay`` ``"constant"`` or
             ``"cosine"`` (to 0 at ``steps``).
         weight_decay: AdamW weight decay.
-        target: ``"eps"``, ``"v"`` or ``"x0"`` (the model's ``prediction``).
+        target: ``"eps"``, ``"v"``, ``"x0"`` or ``"flow"`` (``eps - x0``; the model's ``prediction``).
         schedule: ``"linear"`` (DDPM, ``beta_start``..``beta_end``), ``"cosine"`` (Nichol & Dhariwal)
             or ``"scaled_linear"``; ``num_timesteps`` of them; ``zero_terminal_snr`` rescales them.
+            ``"flow_match"``: the straight path ``x_t = (1 - t) x0 + t eps`` with continuous
+            ``t ~ U(1 / num_timesteps, 1)`` (``beta_*`` and ``zero_terminal_snr`` do not apply).
         ema_decay: EMA decay (0 disables averaging: the EMA copy equals the weights).
         grad_clip: max global gradient norm (``None``: no clipping).
         label_dropout: probability of replacing a label by the "no label" index (class-conditional
@@ -119,6 +129,9 @@ class TrainConfig:
             raise ValueError(f"`target` must be one of {TARGETS}, got {self.target!r}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
+        if self.schedule == "flow_match" and self.zero_terminal_snr:
+            raise ValueError("`zero_terminal_snr` rescales VP betas; the 'flow_match' path already reaches "
+                             "pure noise at t = 1. Drop zero_terminal_snr=True.")
         if self.lr_decay not in ("constant", "cosine"):
             raise ValueError(f"`lr_decay` must be 'constant' or 'cosine', got {self.lr_decay!r}.")
         for name in ("steps", "batch_size", "num_timesteps"):
@@ -149,6 +162,8 @@ class TrainConfig:
 # ------------------------------------------------------------------------------ schedules
 def schedule_spec(config: TrainConfig) -> dict[str, Any]:
     """JSON-able description of the training schedule (for cards); see :func:`schedule_from_spec`."""
+    if config.schedule == "flow_match":
+        return {"class": "FlowMatchSchedule", "shift": 1.0, "t_min": 1.0 / config.num_timesteps, "t_max": 1.0}
     spec: dict[str, Any] = {"class": "DiscreteVPSchedule", "kind": config.schedule,
                             "num_timesteps": config.num_timesteps, "zero_terminal_snr": config.zero_terminal_snr}
     if config.schedule != "cosine":
@@ -156,8 +171,12 @@ def schedule_spec(config: TrainConfig) -> dict[str, Any]:
     return spec
 
 
-def schedule_from_spec(spec: dict[str, Any]) -> DiscreteVPSchedule:
-    """Rebuild a :class:`DiscreteVPSchedule` from :func:`schedule_spec`'s dictionary."""
+def schedule_from_spec(spec: dict[str, Any]) -> Schedule:
+    """Rebuild a :class:`DiscreteVPSchedule` or :class:`FlowMatchSchedule` from :func:`schedule_spec`'s
+    dictionary."""
+    if spec.get("class") == "FlowMatchSchedule":
+        return FlowMatchSchedule(shift=float(spec.get("shift", 1.0)), t_min=float(spec["t_min"]),
+                                 t_max=float(spec.get("t_max", 1.0)))
     if spec.get("class") != "DiscreteVPSchedule" or spec.get("kind") not in SCHEDULES:
         raise ValueError(f"cannot build a schedule from {spec!r}.")
     kw: dict[str, Any] = {"num_timesteps": int(spec["num_timesteps"]),
@@ -167,8 +186,8 @@ def schedule_from_spec(spec: dict[str, Any]) -> DiscreteVPSchedule:
     return getattr(DiscreteVPSchedule, spec["kind"])(**kw)
 
 
-def make_schedule(config: TrainConfig) -> DiscreteVPSchedule:
-    """The :class:`DiscreteVPSchedule` that ``config`` trains on."""
+def make_schedule(config: TrainConfig) -> Schedule:
+    """The schedule that ``config`` trains on (:class:`DiscreteVPSchedule` or :class:`FlowMatchSchedule`)."""
     return schedule_from_spec(schedule_spec(config))
 
 
@@ -188,7 +207,7 @@ class TrainResult:
 
     net: nn.Module
     ema: nn.Module
-    schedule: DiscreteVPSchedule
+    schedule: Schedule
     config: TrainConfig
     losses: list[float] = field(default_factory=list)
     step: int = 0
@@ -280,7 +299,8 @@ def _load_checkpoint(path: Path, device: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ training
 def training_target(target: str, x0: Tensor, eps: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """The regression target for ``x_n = alpha x0 + std eps`` (``alpha = sqrt(abar_n)``,
-    ``std = sqrt(1 - abar_n)``): ``eps``, ``v = alpha eps - std x0`` or ``x0``
+    ``std = sqrt(1 - abar_n)``; ``1 - t`` and ``t`` on the flow-matching path): ``eps``,
+    ``v = alpha eps - std x0``, ``x0`` or ``flow = eps - x0``
     (:func:`flowode.parameterization.from_eps_x0`)."""
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
@@ -360,9 +380,11 @@ def train(
     schedule = make_schedule(config)
     param = params[0]
     dtype, device = param.dtype, param.device
-    abar = schedule.alphas_cumprod_knots.to(device)
-    sqrt_abar = abar.sqrt().to(dtype)
-    sqrt_1m = (1 - abar).sqrt().to(dtype)
+    flow_match = isinstance(schedule, FlowMatchSchedule)
+    if isinstance(schedule, DiscreteVPSchedule):
+        abar = schedule.alphas_cumprod_knots.to(device)
+        sqrt_abar = abar.sqrt().to(dtype)
+        sqrt_1m = (1 - abar).sqrt().to(dtype)
 
     ema = copy.deepcopy(net)
     for p in ema.parameters():
@@ -433,13 +455,21 @@ def train(
         for step in range(start, config.steps):
             x0, y = _batch(data, labels, config.batch_size, gen)
             x0 = x0.to(device=device, dtype=dtype)
-            n = torch.randint(0, config.num_timesteps, (x0.shape[0],), generator=gen)
-            eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
             shape = (-1,) + (1,) * (x0.dim() - 1)
-            n_dev = n.to(device)
-            a, s = sqrt_abar[n_dev].view(shape), sqrt_1m[n_dev].view(shape)
+            if flow_match:  # t ~ U(t_min, 1): x_t = (1 - t) x0 + t eps
+                t_min = schedule.t_min
+                u = torch.rand(x0.shape[0], generator=gen, dtype=torch.float64)
+                tt = (t_min + (1.0 - t_min) * u).to(device=device, dtype=dtype)
+                eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+                s = tt.view(shape)
+                a = 1 - s
+            else:
+                n = torch.randint(0, config.num_timesteps, (x0.shape[0],), generator=gen)
+                eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+                n_dev = n.to(device)
+                a, s = sqrt_abar[n_dev].view(shape), sqrt_1m[n_dev].view(shape)
+                tt = n_dev.to(dtype)
             xt = a * x0 + s * eps
-            tt = n_dev.to(dtype)
             if y is not None:
                 drop = torch.rand(y.shape[0], generator=gen) < config.label_dropout
                 y = torch.where(drop, torch.full_like(y, int(num_classes)), y).to(device)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from flowode.schedules import (
     CosineVPSchedule,
     DiscreteVPSchedule,
     EDMSchedule,
+    FlowMatchSchedule,
     LinearVPSchedule,
     VESchedule,
     lambda_to_sigma,
@@ -33,6 +34,10 @@ SCHEDULES = {
     "vp_cosine": CosineVPSchedule(),
     "ve": VESchedule(),
     "edm": EDMSchedule(),
+    "flow": FlowMatchSchedule(),
+    "flow_shift3": FlowMatchSchedule(shift=3.0),
+    "flow_tmax": FlowMatchSchedule(t_min=0.02, t_max=0.98),
+    "vp_cosine_tmax1": CosineVPSchedule(t_max=1.0),
 }
 DISCRETE = {k: v for k, v in SCHEDULES.items() if isinstance(v, DiscreteVPSchedule)}
 ZTSNR = {k: v for k, v in DISCRETE.items() if v.zero_terminal_snr}
@@ -296,6 +301,28 @@ def test_continuous_closed_forms():
     assert ve.alpha(0.3) == 1.0 and ve.alpha_from_sigma(7.0) == 1.0 and ve.std_from_sigma(7.0) == 7.0
     edm = SCHEDULES["edm"]
     assert edm.sigma(3.25) == 3.25 and edm.t(3.25) == 3.25 and edm.alpha(3.25) == 1.0
+
+
+def test_flow_matching_closed_forms():
+    """x_t = (1 - t) x0 + t eps: alpha = 1 - t, std = t, sigma = t / (1 - t); the shift moves grids only."""
+    t = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+    for sched in (SCHEDULES["flow"], SCHEDULES["flow_shift3"]):
+        sig = sched.sigma(t)
+        torch.testing.assert_close(sched.alpha(t), 1 - t, rtol=1e-15, atol=1e-16)
+        torch.testing.assert_close(sched.std_from_sigma(sig), t, rtol=1e-15, atol=1e-16)
+        torch.testing.assert_close(sched.t(sig), t, rtol=1e-15, atol=0)
+    assert SCHEDULES["flow"].sigma_max == math.inf and SCHEDULES["flow"].t(math.inf) == 1.0
+    assert SCHEDULES["flow"].alpha_from_sigma(math.inf) == 0.0 and SCHEDULES["flow"].std_from_sigma(math.inf) == 1.0
+
+
+def test_cosine_t_max_1_reaches_infinity_without_nan():
+    """Regression: CosineVPSchedule(t_max=1).t(inf) was NaN (sigma * sigma overflowed), so a grid from
+    sigma = inf called the network with t = NaN and the error blamed the network."""
+    cos = SCHEDULES["vp_cosine_tmax1"]
+    assert cos.sigma_max == math.inf and cos.t(math.inf) == 1.0
+    big = torch.tensor([1e150, 1e200, 1e300, math.inf], dtype=torch.float64)
+    assert bool(torch.isfinite(cos.t(big)).all()) and float((cos.t(big) - 1).abs().max()) < 1e-12
+    assert cos.t(1e300) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_scalars_in_scalars_out():

@@ -34,9 +34,10 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--warmup", type=int, default=d.warmup, help=f"warm-up steps (default {d.warmup})")
     p.add_argument("--lr-decay", default=d.lr_decay, choices=("constant", "cosine"), help="learning-rate decay")
-    p.add_argument("--target", default=d.target, choices=("eps", "v", "x0"), help="regression target")
-    p.add_argument("--schedule", default=d.schedule, choices=("linear", "cosine", "scaled_linear"),
-                   help="noise schedule (default linear, DDPM's 1e-4..0.02)")
+    p.add_argument("--target", default=d.target, choices=("eps", "v", "x0", "flow"),
+                   help="regression target (flow: eps - x0, for --schedule flow_match)")
+    p.add_argument("--schedule", default=d.schedule, choices=("linear", "cosine", "scaled_linear", "flow_match"),
+                   help="noise schedule (default linear, DDPM's 1e-4..0.02; flow_match: x_t = (1-t) x0 + t eps)")
     p.add_argument("--num-timesteps", type=int, default=d.num_timesteps, help="training timesteps N")
     p.add_argument("--zero-terminal-snr", action="store_true", help="rescale the schedule to zero terminal SNR")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help=f"EMA decay (default {d.ema_decay})")
@@ -72,7 +73,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, Optional[int], dict[
             raise ValueError(f"`--channel-mults` must be comma-separated integers, e.g. 1,2; got "
                              f"{args.channel_mults!r}.") from None
         net: Any = UNet(in_channels=1, base_channels=args.base_channels, channel_mults=mults,
-                   num_res_blocks=args.res_blocks, num_classes=10 if args.conditional else None)
+                   num_res_blocks=args.res_blocks, num_classes=10 if args.conditional else None,
+                   time_scale=1000.0 if getattr(args, "schedule", None) == "flow_match" else 1.0)
         desc = {"name": "digits", "source": "sklearn.datasets.load_digits (1797 images, 8x8)",
                 "scaling": "x / 8 - 1, in [-1, 1]", "shape": [1, 8, 8], "conditional": bool(args.conditional)}
         return net, x, (y if args.conditional else None), (10 if args.conditional else None), desc
@@ -83,7 +85,9 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, Optional[int], dict[
     def sampler(n: int, g: Any) -> Any:
         return fdata.toy_2d(name, n, generator=g)
 
-    net = MLP(dim=2, hidden=args.hidden, depth=args.depth)
+    # a flow-matching network gets continuous t in [0, 1]: scale it like DDPM's integer timesteps
+    time_scale = 1000.0 if getattr(args, "schedule", None) == "flow_match" else 1.0
+    net = MLP(dim=2, hidden=args.hidden, depth=args.depth, time_scale=time_scale)
     desc = {"name": name, "source": f"flowode.data.toy_2d({name!r}, n, generator=g), fresh samples every step",
             "shape": [2]}
     return net, sampler, None, None, desc

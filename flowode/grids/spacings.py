@@ -8,7 +8,8 @@ Spacings of :func:`sigma_grid` (``S = steps``):
 ``"linspace"``      diffusers' ``"linspace"``: ``round(linspace(0, N-1, S))``
 ``"quadratic"``     DDIM paper (Song et al. 2021, appendix D.2): ``t_i = int((i * sqrt(0.8 N)/(S-1))^2)``
                     for discrete schedules; ``t_min + (t_max - t_min) u^2`` for continuous ones
-``"uniform_t"``     uniform in the schedule's native time (fractional timesteps for discrete)
+``"uniform_t"``     uniform in the schedule's native time (fractional timesteps for discrete;
+                    in the unshifted time of a shifted :class:`~flowode.FlowMatchSchedule`)
 ``"logsnr"``        uniform in ``lambda = -log sigma`` (DPM-Solver's ``logSNR``; diffusers' ``use_lu_lambdas``)
 ``"karras"``        Karras et al. 2022, eq. 5: ``(smax^(1/rho) + i/(S-1) (smin^(1/rho) - smax^(1/rho)))^rho``
 ==================  ==============================================================================
@@ -143,7 +144,7 @@ def sigma_grid(
         u = torch.linspace(1.0, 0.0, n_levels, dtype=torch.float64)
         if spacing == "quadratic":
             u = u * u
-        levels = torch.as_tensor(schedule.sigma(t_lo + (t_hi - t_lo) * u), dtype=torch.float64)
+        levels = torch.as_tensor(schedule.sigma(schedule.grid_times(t_lo, t_hi, u)), dtype=torch.float64)
     elif spacing == "logsnr":
         if not math.isfinite(smax):
             raise GridError("spacing 'logsnr' needs a finite sigma_max; pass `sigma_max=`.")

@@ -133,6 +133,12 @@ class Schedule:
         """``d log alpha / d sigma`` (``-sigma / (1 + sigma^2)`` for VP, 0 for VE)."""
         return _like(self._dlog_alpha_dsigma(_f64(sigma)), sigma)
 
+    def grid_times(self, t_lo: float, t_hi: float, u: Tensor) -> Tensor:
+        """Native times of the ``"uniform_t"`` / ``"quadratic"`` grid spacings for ``u`` in
+        ``[0, 1]`` (float64): ``t_lo + (t_hi - t_lo) u`` by default. A schedule whose grids are
+        uniform in a warped time overrides it (the shift of :class:`~flowode.FlowMatchSchedule`)."""
+        return t_lo + (t_hi - t_lo) * u
+
     def kinks(self, t0: float, t1: float) -> list[float]:
         """Native times strictly between ``t0`` and ``t1`` where ``d sigma / d t`` jumps (the
         integer knots of a discrete schedule); quadrature in ``t`` splits there. None by default."""

@@ -287,9 +287,11 @@ class CosineVPSchedule(VPSchedule):
     def _t(self, sigma: Tensor) -> Tensor:
         # tan^2(phi) = (sigma^2 + sin^2 phi0) / cos^2 phi0; phi - phi0 by the arctan subtraction rule
         sin0, cos0 = math.sin(self._phi0), math.cos(self._phi0)
-        u = torch.sqrt(sigma * sigma + sin0 * sin0)
-        dphi = torch.atan2(sigma * sigma * cos0 / (u + sin0), cos0 * cos0 + u * sin0)
-        return dphi * (2 * (1 + self.s) / math.pi)
+        u = torch.hypot(sigma, torch.full_like(sigma, sin0))  # sqrt(sigma^2 + sin0^2) without overflow
+        dphi = torch.atan2(sigma * (sigma / (u + sin0)) * cos0, cos0 * cos0 + u * sin0)
+        t = dphi * (2 * (1 + self.s) / math.pi)
+        # sigma = inf (t_max = 1: zero terminal SNR) is inf / inf above; there phi = pi/2 and t = 1
+        return torch.where(torch.isinf(sigma), torch.ones_like(t), t)
 
     def _dsigma_dt(self, t: Tensor) -> Tensor:
         s = self._sigma(t)
