@@ -32,7 +32,7 @@ from . import invert
 from .invert import InversionWarning, RoundTrip, invertibility_report, latent_stats, roundtrip
 
 # isort: split
-from . import density
+from . import density, gradients
 from .density import LikelihoodResult, likelihood
 
 __version__ = "0.1.0"
@@ -53,5 +53,5 @@ __all__ = [
     # every error and warning a user may catch
     "GridError", "SolverError", "UnknownSolverError", "MaxNFEError", "NetworkOutputError", "InversionWarning",
     # sub-packages
-    "analytic", "solvers", "control", "invert", "density", "adapters", "data", "nets", "train",
+    "analytic", "solvers", "control", "invert", "density", "gradients", "adapters", "data", "nets", "train",
 ]

@@ -112,8 +112,8 @@ def _grad_plan(grad: Optional[str], stepper: Stepper, steps: int, grad_segment: 
     if grad == "reversible":
         raise SolverError(
             "grad='reversible' needs an exactly invertible sampler, which integrate's solvers are not: use "
-            "flowode.gradients.bdia_sample(...) or flowode.gradients.edict_sample(...) (constant-memory "
-            "gradients by running the exact inverse backwards)."
+            "flowode.gradients.bdia_sample(model, z, sigmas, grad='reversible', params=...) (constant-memory "
+            "gradients by running BDIA's exact inverse backwards)."
         )
     if grad in ("checkpoint", "truncated") and stepper.adaptive:
         raise SolverError(f"grad={grad!r} works on fixed grids; solver {stepper.name!r} is adaptive. Use "
