@@ -139,9 +139,10 @@ def test_default_gaussian_prior_and_bits_per_dim():
 
 
 def test_offset_formula():
-    assert bits_offset(8, (-1.0, 1.0)) == 7.0
-    assert bits_offset(8, (0.0, 1.0)) == 8.0
-    assert bits_offset(5, (-1.0, 1.0)) == 4.0
+    assert bits_offset(256, (-1.0, 1.0)) == 7.0
+    assert bits_offset(256, (0.0, 1.0)) == 8.0
+    assert bits_offset(32, (-1.0, 1.0)) == 4.0
+    assert bits_offset(17, (-1.0, 1.0)) == pytest.approx(math.log2(8.5))
 
 
 def test_dequantised_bits_per_dim_bound_the_discrete_probability():
@@ -173,10 +174,10 @@ def test_dequantised_bits_per_dim_bound_the_discrete_probability():
 
 def test_dequantise_checks_the_grid():
     x = torch.tensor([[-1.0, 1.0], [0.5, 0.0]], dtype=torch.float64)
-    with pytest.raises(ValueError, match="not 8-bit data"):
-        dequantize(x, 8, (-1.0, 1.0))
+    with pytest.raises(ValueError, match="not 256-level data"):
+        dequantize(x, 256, (-1.0, 1.0))
     x8 = -1 + 2 * torch.tensor([[0.0, 255.0]], dtype=torch.float64) / 255
-    out = dequantize(x8, 8, (-1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    out = dequantize(x8, 256, (-1.0, 1.0), generator=torch.Generator().manual_seed(0))
     assert -1 <= float(out[0, 0]) < -1 + 2 / 256 and 1 - 2 / 256 <= float(out[0, 1]) < 1
 
 
@@ -210,3 +211,5 @@ def test_bad_input_is_refused():
         flowode.likelihood(mix.model(sched, clip_x0=(-1, 1)), x)
     with pytest.raises(ValueError, match="bits"):
         flowode.likelihood(model, x, bits=0)
+    with pytest.raises(ValueError, match="not 17-level data"):
+        flowode.likelihood(model, x, levels=17)

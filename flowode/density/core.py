@@ -59,7 +59,7 @@ class LikelihoodResult:
         sigma_start, sigma_end: where the flow starts (the data) and ends (the prior).
         latent: the state at ``sigma_end``.
         dim: ``D``, the dimensions per sample.
-        offset: the bits/dim offset (``log2(2^bits / (hi - lo))`` for dequantised data, else 0).
+        offset: the bits/dim offset (``log2(L / (hi - lo))``, ``L = 2^bits``, for dequantised data, else 0).
         x: the data the flow started from (dequantised when ``bits`` is given).
         stats: the driver's statistics of the solve (``accepted``, ``rejected``, ...).
     """
@@ -129,6 +129,7 @@ def likelihood(
     sigmas: Optional[Sequence[float]] = None,
     prior: Union[str, Prior] = "gaussian",
     bits: Optional[int] = None,
+    levels: Optional[int] = None,
     data_range: tuple[float, float] = (-1.0, 1.0),
     dequantize_with: str = "uniform",
     **options: Any,
@@ -155,7 +156,9 @@ def likelihood(
         bits: the data are ``bits``-bit values ``lo + (hi - lo) k / (2^bits - 1)`` in ``data_range``:
             they are dequantised (``dequantize_with="uniform"``) and ``offset = log2(2^bits / (hi - lo))``
             is added to the bits/dim (7 for 8-bit data in ``[-1, 1]``; :mod:`flowode.density.dequantize`).
-        data_range: ``(lo, hi)`` of the data when ``bits`` is given.
+        levels: instead of ``bits``, the number of quantisation levels ``L`` (``2^bits``; e.g. 17 for
+            scikit-learn's digits, ``k / 8 - 1``): offset ``log2(L / (hi - lo))``.
+        data_range: ``(lo, hi)`` of the data when ``bits`` / ``levels`` is given.
         **options: solver options (``rtol``, ``atol`` -- default ``1e-5`` each --, ``coordinates``
             ``"sigma"`` / ``"lambda"`` / ``"t"``, ``max_nfe``, ...).
 
@@ -189,13 +192,19 @@ def likelihood(
     offset = 0.0
     x = x0
     if bits is not None:
+        if levels is not None:
+            raise ValueError("give `bits` or `levels`, not both (levels = 2 ** bits).")
         if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
             raise ValueError(f"`bits` must be a positive integer (8 for 8-bit images) or None, got {bits!r}.")
+        levels = 2**bits
+    if levels is not None:
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"`levels` must be an integer >= 2 (the quantisation levels) or None, got {levels!r}.")
         lo, hi = (float(v) for v in data_range)
         if not hi > lo:
             raise ValueError(f"`data_range` must be (lo, hi) with hi > lo, got {data_range!r}.")
-        x = dequantize(x0, bits, (lo, hi), dequantize_with, generator)
-        offset = bits_offset(bits, (lo, hi))
+        x = dequantize(x0, levels, (lo, hi), dequantize_with, generator)
+        offset = bits_offset(levels, (lo, hi))
     if divergence == "exact":
         if d > MAX_EXACT_DIM:
             raise ValueError(f"`divergence`='exact' needs {d} backward passes per evaluation (D = {d} > "
