@@ -205,3 +205,13 @@ def test_reversible_bdia_matches_finite_differences():
     assert abs(fd_w - float((gw1 * dw).sum())) < 1e-6 * max(1.0, abs(fd_w))
     with pytest.raises(ValueError, match="reversible"):
         flowode.gradients.bdia_sample(model, start(), grid, grad="adjoint")
+
+
+def test_docs_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "gradients.md").read_text()
+    blocks = re.findall(r"<!-- example: gradients -->\n```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    exec(compile("\n".join(blocks), "docs/gradients.md", "exec"), {})

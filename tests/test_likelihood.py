@@ -213,3 +213,13 @@ def test_bad_input_is_refused():
         flowode.likelihood(model, x, bits=0)
     with pytest.raises(ValueError, match="not 17-level data"):
         flowode.likelihood(model, x, levels=17)
+
+
+def test_docs_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "likelihood.md").read_text()
+    blocks = re.findall(r"<!-- example: likelihood -->\n```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    exec(compile("\n".join(blocks), "docs/likelihood.md", "exec"), {})

@@ -101,7 +101,7 @@ class TorchdiffeqSolver(AdaptiveStepper):
             else:  # the adjoint ODE backwards at the same tolerances; parameters passed explicitly
                 sol = odeint_adjoint(rec, y0, times, rtol=self.rtol, atol=self.atol, method=self.method,
                                      options=options, adjoint_params=run.adjoint_params,
-                                     adjoint_options={"step_t": options["step_t"]})
+                                     adjoint_options={"step_t": options["step_t"], "norm": "seminorm"})
             ys = list(sol[1:])
             y_end, s_end = ys[-1], s1
         except BudgetExhausted:
