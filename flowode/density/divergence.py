@@ -87,12 +87,12 @@ class AugmentedModel(EpsilonModel):
             pred = self.base.predict(xs, sigma, check=check, step=step)
             eps = pred.eps.reshape(b, d)
             div = self._divergence(eps, xs)  # (B, K)
-        if isinstance(sigma, Tensor) and sigma.dim() == 1:
-            alpha: Union[float, Tensor] = per_sample(
-                torch.as_tensor(self.schedule.alpha_from_sigma(sigma.detach().to("cpu", torch.float64))), div)
-            level: Union[float, Tensor] = per_sample(sigma.detach().to("cpu", torch.float64), x)
-            alpha_x: Union[float, Tensor] = per_sample(torch.as_tensor(
-                self.schedule.alpha_from_sigma(sigma.detach().to("cpu", torch.float64))), x)
+        if isinstance(sigma, Tensor) and sigma.dim() == 1:  # per-sample levels (per-sample error norms)
+            sig = sigma.detach().to("cpu", torch.float64)
+            a = torch.as_tensor(self.schedule.alpha_from_sigma(sig))
+            alpha: Union[float, Tensor] = per_sample(a, div)
+            alpha_x: Union[float, Tensor] = per_sample(a, x)
+            level: Union[float, Tensor] = per_sample(sig, x)
         else:
             alpha = alpha_x = self.base.coefficients(float(sigma))[0]
             level = float(sigma)
