@@ -90,7 +90,8 @@ def _grad_context(grad: Optional[str]) -> contextlib.AbstractContextManager[Any]
     raise ValueError(
         f"`grad` must be one of {GRAD_MODES}, got {grad!r}: None keeps no autograd graph (the default), "
         "'autograd' backpropagates through every step, 'checkpoint' recomputes segments of steps, 'truncated' "
-        "backpropagates through the last `grad_steps` steps, 'adjoint' solves torchdiffeq's adjoint ODE."
+        "backpropagates through the last `grad_steps` steps, 'adjoint' solves torchdiffeq's adjoint ODE, "
+        "'reversible' points to flowode.gradients.bdia_sample."
     )
 
 
@@ -103,6 +104,7 @@ def _positive(name: str, value: Any) -> int:
 def _grad_plan(grad: Optional[str], stepper: Stepper, steps: int, grad_segment: Optional[int],
                grad_steps: Optional[int], adjoint_params: Optional[Sequence[Tensor]]) -> Optional[GradPlan]:
     """Check the gradient options against the solver; the plan of the fixed-grid loop."""
+    _grad_context(grad)  # an unknown mode raises here, before any solver-specific check
     if grad_segment is not None and grad != "checkpoint":
         raise ValueError(f"`grad_segment` is an option of grad='checkpoint', got grad={grad!r}.")
     if grad_steps is not None and grad != "truncated":
