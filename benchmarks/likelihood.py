@@ -13,7 +13,8 @@ known, so the error of the flow's log-likelihood is measured):
 
 Part 2 -- peak memory and time of one forward + backward pass of a loss on the decoded sample,
 per gradient mode, at 10, 50 and 200 steps: MLP(2, hidden 256, depth 3), batch 512, float32, the
-DDPM linear schedule; DDIM for autograd / checkpoint / truncated, BDIA (gamma 1) for reversible;
+DDPM linear schedule; DDIM for autograd / checkpoint / truncated, BDIA (gamma 1) and EDICT (p 0.93,
+float32 chains) for reversible;
 dopri5 (rtol 1e-3 from sigma_max to sigma_min, adaptive: no step count; one process) for adjoint
 (seminorm) and, for comparison, autograd through dopri5.
 Each configuration runs in a fresh process; memory is the process's resident-set high-water mark
@@ -60,6 +61,8 @@ grid = flowode.sigma_grid(sched, steps, "trailing")
 def forward(z):
     if mode == "reversible":
         return flowode.gradients.bdia_sample(model, z, grid, grad="reversible", params=params), None
+    if mode == "reversible_edict":
+        return flowode.gradients.edict_sample(model, z, grid, grad="reversible", params=params), None
     if mode == "adjoint":
         sol = flowode.integrate(model, z, [float(grid[0]), float(sched.sigma_min)], solver="dopri5", rtol=1e-3,
                                 atol=1e-3, grad="adjoint", adjoint_params=params)
@@ -88,7 +91,8 @@ print(json.dumps({"steps": steps, "mode": mode, "mib": m.peak / 2**20, "method":
 MODES = [("autograd", "integrate(grad=\"autograd\"), DDIM"),
          ("checkpoint", "integrate(grad=\"checkpoint\"), DDIM, segments of ceil(sqrt(steps))"),
          ("truncated", "integrate(grad=\"truncated\", grad_steps=1), DDIM (DRaFT-1)"),
-         ("reversible", "gradients.bdia_sample(grad=\"reversible\"), BDIA")]
+         ("reversible", "gradients.bdia_sample(grad=\"reversible\"), BDIA"),
+         ("reversible_edict", "gradients.edict_sample(grad=\"reversible\"), EDICT")]
 ADAPTIVE = [("autograd_dopri5", "integrate(grad=\"autograd\"), dopri5 rtol 1e-3"),
             ("adjoint", "integrate(grad=\"adjoint\"), dopri5 rtol 1e-3")]
 STEPS = [10, 50, 200]

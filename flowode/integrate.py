@@ -91,7 +91,7 @@ def _grad_context(grad: Optional[str]) -> contextlib.AbstractContextManager[Any]
         f"`grad` must be one of {GRAD_MODES}, got {grad!r}: None keeps no autograd graph (the default), "
         "'autograd' backpropagates through every step, 'checkpoint' recomputes segments of steps, 'truncated' "
         "backpropagates through the last `grad_steps` steps, 'adjoint' solves torchdiffeq's adjoint ODE, "
-        "'reversible' points to flowode.gradients.bdia_sample."
+        "'reversible' points to flowode.gradients.bdia_sample / edict_sample."
     )
 
 
@@ -114,8 +114,8 @@ def _grad_plan(grad: Optional[str], stepper: Stepper, steps: int, grad_segment: 
     if grad == "reversible":
         raise SolverError(
             "grad='reversible' needs an exactly invertible sampler, which integrate's solvers are not: use "
-            "flowode.gradients.bdia_sample(model, z, sigmas, grad='reversible', params=...) (constant-memory "
-            "gradients by running BDIA's exact inverse backwards)."
+            "flowode.gradients.bdia_sample(model, z, sigmas, grad='reversible', params=...) or edict_sample(...) "
+            "(constant-memory gradients by running BDIA's / EDICT's exact inverse backwards)."
         )
     if grad in ("checkpoint", "truncated") and stepper.adaptive:
         raise SolverError(f"grad={grad!r} works on fixed grids; solver {stepper.name!r} is adaptive. Use "

@@ -1,4 +1,4 @@
-"""Constant-memory gradients through BDIA sampling by running its exact inverse backwards.
+"""Constant-memory gradients through BDIA and EDICT sampling by running their exact inverses backwards.
 
 BDIA (Zhang, Lewis & Kleijn 2023, sec. 3; :mod:`flowode.invert.coupled`) samples by
 
@@ -15,6 +15,11 @@ et al. 2017, and DOODL's EDICT backpropagation, Wallace et al. 2023). Memory is 
 whatever the number of steps; the backward pass costs 2 evaluations per step (the inverse and the
 re-evaluation with a graph). Because the reconstruction is exact to round-off, the gradient equals
 plain backpropagation through the same BDIA steps to round-off (tests/test_gradients.py).
+
+EDICT (Wallace, Gokul & Naik 2023, eq. 10-14) is the same construction on the coupled pair ``(x, y)``
+(both chains start at the sample's noise, the result is the ``x`` chain, as DOODL backpropagates):
+:class:`_ReversibleEdict` keeps the start and the last pair, and each backward step runs EDICT's exact
+inverse (2 evaluations) and re-evaluates the step with a graph (2 more).
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import torch
 from torch import Tensor
 
 from ..invert._common import inversion_levels
-from ..invert.coupled import _bdia_pair_step, _check_gamma
+from ..invert.coupled import _bdia_pair_step, _check_gamma, _check_p, _edict_step, _edict_unstep
 from ..models import EpsilonModel
 from ..solvers.boundary import boundary_step
 from ..solvers.run import Run
 
-__all__ = ["bdia_sample"]
+__all__ = ["bdia_sample", "edict_sample"]
 
 GridLike = Union[Tensor, Sequence[float], np.ndarray]
 
@@ -122,3 +127,71 @@ def bdia_sample(model: EpsilonModel, z0: Tensor, sigmas: GridLike, gamma: float 
         if not isinstance(p, Tensor):
             raise TypeError(f"`params` must hold tensors, got {type(p).__name__}.")
     return _ReversibleBdia.apply((model, s, g), z0, *params)
+
+
+def _edict_forward(run: Run, z: Tensor, s: list[float], al: list[float], p: float) -> tuple[Tensor, Tensor]:
+    """The ``xbar`` chains at the last level, both started at ``z / alpha_0``."""
+    x = y = z / al[0]
+    for i in range(len(s) - 1):
+        run.step = i
+        x, y = _edict_step(run, x, y, s, al, i, p, z.dtype)
+    return x, y
+
+
+class _ReversibleEdict(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, box: Any, z: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+        model, s, p = box
+        run = Run(model, s, check_calls=True)
+        al = [run.alpha(v) for v in s]
+        with torch.no_grad():
+            x, y = _edict_forward(run, z, s, al, p)
+        ctx.box, ctx.al = box, al
+        ctx.save_for_backward(x, y, *params)
+        return x * al[-1]
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Any:  # type: ignore[override]
+        model, s, p = ctx.box
+        al = ctx.al
+        x, y, *params = ctx.saved_tensors
+        run = Run(model, s[::-1], check_calls=True)
+        a_x, a_y = grad_out * al[-1], torch.zeros_like(grad_out)  # adjoints of the xbar chains
+        g_params = [torch.zeros_like(q) for q in params]
+        for i in range(len(s) - 2, -1, -1):
+            run.step = i
+            with torch.no_grad():  # the exact inverse: the chains at level i
+                x, y = _edict_unstep(run, x, y, s, al, i, p, x.dtype)
+            with torch.enable_grad():
+                xi, yi = x.detach().requires_grad_(True), y.detach().requires_grad_(True)
+                xo, yo = _edict_step(run, xi, yi, s, al, i, p, x.dtype)
+                grads = torch.autograd.grad((xo, yo), [xi, yi, *params], (a_x, a_y), allow_unused=True)
+            a_x, a_y = grads[0], grads[1]
+            for j, g in enumerate(grads[2:]):
+                if g is not None:
+                    g_params[j] = g_params[j] + g
+        return (None, (a_x + a_y) / al[0], *g_params)
+
+
+def edict_sample(model: EpsilonModel, z: Tensor, sigmas: GridLike, p: float = 0.93, *,
+                 grad: Optional[str] = None, params: Sequence[Tensor] = ()) -> Tensor:
+    """EDICT sampling from ``z`` at ``sigmas[0]`` (both chains start at ``z``; returns the ``x`` chain,
+    the same map as :func:`flowode.invert.edict_decode` of ``EdictLatent(z, z)`` with
+    ``accumulate=False``), differentiable: ``grad`` and ``params`` as in :func:`bdia_sample`. The
+    chains run in ``z``'s dtype; EDICT's decode is ill-conditioned along ``x - y``, so use float64
+    for a reversible gradient exact to round-off (docs/inversion.md)."""
+    pp = _check_p(p)
+    s = inversion_levels(model, sigmas, encodes=False)
+    if len(s) < 2:
+        raise ValueError("`sigmas` needs at least two levels.")
+    if grad is None or grad == "autograd":
+        run = Run(model, s, check_calls=True)
+        al = [run.alpha(v) for v in s]
+        with torch.no_grad() if grad is None else torch.enable_grad():
+            return _edict_forward(run, z, s, al, pp)[0] * al[-1]
+    if grad != "reversible":
+        raise ValueError(f"`grad` must be None, 'autograd' or 'reversible', got {grad!r}.")
+    for q in params:
+        if not isinstance(q, Tensor):
+            raise TypeError(f"`params` must hold tensors, got {type(q).__name__}.")
+    return _ReversibleEdict.apply((model, s, pp), z, *params)
