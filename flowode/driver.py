@@ -167,13 +167,24 @@ def fixed_loop(run: Run, stepper: Stepper, x: Tensor, hooks: Optional[Hooks] = N
         for lo in range(0, n, segment):
             hi = min(lo + segment, n)
             calls = [0]
+            # a stochastic stepper redraws its noise when the segment is recomputed: from the same stream state
+            # (torch.utils.checkpoint restores torch's global RNG only, not a caller's generator)
+            rng = run.rng_state(x.device) if stepper.stochastic else None
 
-            def run_segment(x: Tensor, state: Any, lo: int = lo, hi: int = hi, calls: list[int] = calls
-                            ) -> tuple[Tensor, Any]:
+            def run_segment(x: Tensor, state: Any, lo: int = lo, hi: int = hi, calls: list[int] = calls,
+                            rng: Any = rng) -> tuple[Tensor, Any]:
                 live = calls[0] == 0
                 calls[0] += 1
-                for i in range(lo, hi):
-                    x, state = advance(i, x, state, live)
+                after = None
+                if not live and rng is not None:
+                    after = run.rng_state(x.device)
+                    run.set_rng_state(rng, x.device)
+                try:
+                    for i in range(lo, hi):
+                        x, state = advance(i, x, state, live)
+                finally:
+                    if after is not None:
+                        run.set_rng_state(after, x.device)
                 return x, state
 
             x, state = checkpoint(run_segment, x, state, use_reentrant=False)
