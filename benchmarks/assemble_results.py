@@ -24,6 +24,7 @@ ORDER = [
     ("bench.md", "Benchmark engine example (issue 4)"),
     ("flow_matching.md", "Flow matching beside VP: error against NFE on the exact Gaussian-mixture flow (issue 11)"),
     ("diffusers_parity.md", "diffusers schedulers reproduced by from_diffusers_scheduler (issue 11)"),
+    ("likelihood.md", "Likelihood through the flow and gradient modes (issue 12)"),
 ]
 
 

@@ -33,6 +33,10 @@ from .solvers import MaxNFEError, SolverError, UnknownSolverError
 from . import invert
 from .invert import InversionWarning, RoundTrip, invertibility_report, latent_stats, roundtrip
 
+# isort: split
+from . import density, gradients
+from .density import LikelihoodResult, likelihood
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -47,10 +51,12 @@ __all__ = [
     # ground truth, inversion, grids fitted to a solver
     "Gaussian", "GaussianMixture", "reference_solve", "roundtrip", "RoundTrip", "latent_stats",
     "invertibility_report", "fit_order", "optimize_grid", "save_grid", "load_grid",
+    # likelihood through the flow
+    "likelihood", "LikelihoodResult",
     "list_pretrained", "load_pretrained",
     # every error and warning a user may catch
     "GridError", "SolverError", "UnknownSolverError", "MaxNFEError", "NetworkOutputError", "InversionWarning",
     "UnsupportedScheduler",
     # sub-packages
-    "analytic", "solvers", "control", "invert", "adapters", "data", "nets", "train",
+    "analytic", "solvers", "control", "invert", "density", "gradients", "adapters", "data", "nets", "train",
 ]

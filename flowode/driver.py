@@ -35,7 +35,7 @@ from .solvers.base import AdaptiveStepper, EmbeddedPair, IntervalResult, MaxNFEE
 from .solvers.boundary import adaptive_interval, boundary_step, classify
 from .solvers.run import BudgetExhausted, Run
 
-__all__ = ["take_step", "fixed_loop", "adaptive_loop", "embedded_interval", "count_evaluations", "Hooks",
+__all__ = ["take_step", "fixed_loop", "GradPlan", "adaptive_loop", "embedded_interval", "count_evaluations", "Hooks",
            "DEFAULT_CHECK_INTERVAL"]
 
 #: steps between two NaN / Inf checks of the state (the last step is always checked)
@@ -78,15 +78,33 @@ def _finite(x: Tensor) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ fixed grid
+class GradPlan:
+    """How :func:`fixed_loop` keeps the autograd graph (``integrate(grad=...)``).
+
+    ``segment``: checkpoint every ``segment`` consecutive steps (``torch.utils.checkpoint``,
+    non-reentrant): only each segment's input state is kept, and the segment is recomputed in the
+    backward pass, so memory is ``O(steps / segment + segment)`` states and one segment's
+    activations (``segment = ceil(sqrt(steps))`` gives ``O(sqrt(steps))``).
+    ``truncate``: backpropagate through the last ``truncate`` steps only (DRaFT-K, Clark et al.
+    2024, sec. 4.2); the earlier steps run under ``torch.no_grad()``."""
+
+    __slots__ = ("segment", "truncate")
+
+    def __init__(self, segment: Optional[int] = None, truncate: Optional[int] = None) -> None:
+        self.segment, self.truncate = segment, truncate
+
+
 def fixed_loop(run: Run, stepper: Stepper, x: Tensor, hooks: Optional[Hooks] = None,
-               check_interval: int = DEFAULT_CHECK_INTERVAL) -> tuple[Tensor, dict[str, Any]]:
+               check_interval: int = DEFAULT_CHECK_INTERVAL,
+               grad: Optional[GradPlan] = None) -> tuple[Tensor, dict[str, Any]]:
     """Integrate ``x`` along ``run.grid`` with ``stepper``; returns the final state and the per-step
     statistics (:func:`_collect` of the steps' ``info``; none when only boundary steps reported).
 
     The NaN / Inf check looks at the state every ``check_interval`` steps (and after the last); a
     failed check replays the solve from its start with every network output checked, so the error
     names the first bad step exactly (for a deterministic network) and the check holds no extra
-    state buffer."""
+    state buffer. ``grad`` (:class:`GradPlan`) checkpoints segments of steps or truncates the graph;
+    recomputed steps in the backward pass run no hooks and record nothing."""
     hooks = hooks or Hooks()
     rec, bar, callback = hooks.recorder, hooks.progress, hooks.callback
     steps = FixedGrid(run.grid)
@@ -99,34 +117,76 @@ def fixed_loop(run: Run, stepper: Stepper, x: Tensor, hooks: Optional[Hooks] = N
     if rec is not None:
         rec.state(steps.levels[0], x)
     infos: list[Optional[dict[str, Any]]] = []
-    own_info = False
-    since_check = 0
-    for i, (a, b) in enumerate(steps.pairs):
+    flags = {"own_info": False, "since_check": 0}
+    pairs = steps.pairs
+
+    def advance(i: int, x: Tensor, state: Any, live: bool) -> tuple[Tensor, Any]:
+        a, b = pairs[i]
         run.step = i
         if native[i]:
             res = stepper.step(run, x, a, b, state)
         else:
             res = _boundary_step(run, stepper, x, a, b, state, kinds[i])
         x, state = res.x, res.state
+        if not live:  # a checkpointed segment recomputed in the backward pass
+            return x, state
         infos.append(res.info)
-        own_info = own_info or (res.info is not None and kinds[i] is None)
+        flags["own_info"] = flags["own_info"] or (res.info is not None and kinds[i] is None)
         if rec is not None:
             if res.revised is not None:
                 rec.revise(a, res.revised)
             rec.prediction(a, res.pred)
             rec.state(b, x)
         if start is not None:
-            since_check += 1
-            if (since_check >= check_interval or i == n - 1) and not _finite(x):
+            flags["since_check"] += 1
+            if (flags["since_check"] >= check_interval or i == n - 1) and not _finite(x):
                 start.locate(i)
-            if since_check >= check_interval:
-                since_check = 0
+            if flags["since_check"] >= check_interval:
+                flags["since_check"] = 0
         if bar is not None:
             bar.update(1)
         if callback is not None:
             callback(StepEvent(i, a, b, x, res.pred, run.nfe))
         del res  # its prediction may hold the previous state: free it before the next step allocates
-    return x, _collect(infos) if own_info else {}
+        return x, state
+
+    segment = grad.segment if grad is not None else None
+    first_grad = 0 if grad is None or grad.truncate is None else max(n - grad.truncate, 0)
+    if segment is None:
+        for i in range(n):
+            if i < first_grad:
+                with torch.no_grad():
+                    x, state = advance(i, x, state, True)
+            else:
+                x, state = advance(i, x, state, True)
+    else:
+        from torch.utils.checkpoint import checkpoint
+
+        for lo in range(0, n, segment):
+            hi = min(lo + segment, n)
+            calls = [0]
+            # a stochastic stepper redraws its noise when the segment is recomputed: from the same stream state
+            # (torch.utils.checkpoint restores torch's global RNG only, not a caller's generator)
+            rng = run.rng_state(x.device) if stepper.stochastic else None
+
+            def run_segment(x: Tensor, state: Any, lo: int = lo, hi: int = hi, calls: list[int] = calls,
+                            rng: Any = rng) -> tuple[Tensor, Any]:
+                live = calls[0] == 0
+                calls[0] += 1
+                after = None
+                if not live and rng is not None:
+                    after = run.rng_state(x.device)
+                    run.set_rng_state(rng, x.device)
+                try:
+                    for i in range(lo, hi):
+                        x, state = advance(i, x, state, live)
+                finally:
+                    if after is not None:
+                        run.set_rng_state(after, x.device)
+                return x, state
+
+            x, state = checkpoint(run_segment, x, state, use_reentrant=False)
+    return x, _collect(infos) if flags["own_info"] else {}
 
 
 def _collect(infos: list[Optional[dict[str, Any]]]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .driver import DEFAULT_CHECK_INTERVAL, Hooks, adaptive_loop, fixed_loop
+from .driver import DEFAULT_CHECK_INTERVAL, GradPlan, Hooks, adaptive_loop, fixed_loop
 from .grids import check_grid, resolve_grid, split_grid_options
 from .models import EpsilonModel
 from .recording import Recorder, SaveAt, StepEvent
@@ -31,8 +31,8 @@ __all__ = ["Solution", "integrate", "sample", "encode", "decode", "GRAD_MODES"]
 
 GridLike = Union[Tensor, Sequence[float], np.ndarray]
 
-#: gradient modes of :func:`integrate` (``None``: no autograd graph is kept)
-GRAD_MODES = (None, "autograd")
+#: gradient modes of :func:`integrate` (``None``: no autograd graph is kept); docs/gradients.md
+GRAD_MODES = (None, "autograd", "checkpoint", "truncated", "adjoint", "reversible")
 
 
 @dataclass
@@ -85,12 +85,65 @@ def _check_state(x: Any, values: bool = True) -> None:
 def _grad_context(grad: Optional[str]) -> contextlib.AbstractContextManager[Any]:
     if grad is None:
         return torch.no_grad()
-    if grad == "autograd":
+    if grad in GRAD_MODES:
         return torch.enable_grad()
     raise ValueError(
         f"`grad` must be one of {GRAD_MODES}, got {grad!r}: None keeps no autograd graph (the default), "
-        "'autograd' backpropagates through every step."
+        "'autograd' backpropagates through every step, 'checkpoint' recomputes segments of steps, 'truncated' "
+        "backpropagates through the last `grad_steps` steps, 'adjoint' solves torchdiffeq's adjoint ODE, "
+        "'reversible' points to flowode.gradients.bdia_sample / edict_sample."
     )
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+def _grad_plan(grad: Optional[str], stepper: Stepper, steps: int, grad_segment: Optional[int],
+               grad_steps: Optional[int], adjoint_params: Optional[Sequence[Tensor]]) -> Optional[GradPlan]:
+    """Check the gradient options against the solver; the plan of the fixed-grid loop."""
+    _grad_context(grad)  # an unknown mode raises here, before any solver-specific check
+    if grad_segment is not None and grad != "checkpoint":
+        raise ValueError(f"`grad_segment` is an option of grad='checkpoint', got grad={grad!r}.")
+    if grad_steps is not None and grad != "truncated":
+        raise ValueError(f"`grad_steps` is an option of grad='truncated', got grad={grad!r}.")
+    if adjoint_params is not None and grad != "adjoint":
+        raise ValueError(f"`adjoint_params` is an option of grad='adjoint', got grad={grad!r}.")
+    if grad == "reversible":
+        raise SolverError(
+            "grad='reversible' needs an exactly invertible sampler, which integrate's solvers are not: use "
+            "flowode.gradients.bdia_sample(model, z, sigmas, grad='reversible', params=...) or edict_sample(...) "
+            "(constant-memory gradients by running BDIA's / EDICT's exact inverse backwards)."
+        )
+    if grad in ("checkpoint", "truncated") and stepper.adaptive:
+        raise SolverError(f"grad={grad!r} works on fixed grids; solver {stepper.name!r} is adaptive. Use "
+                          "grad='autograd', or grad='adjoint' with a torchdiffeq solver ('dopri5').")
+    if grad == "adjoint":
+        from .solvers.external.torchdiffeq import TorchdiffeqSolver
+
+        if not isinstance(stepper, TorchdiffeqSolver):
+            raise SolverError(f"grad='adjoint' runs torchdiffeq's odeint_adjoint: use a torchdiffeq solver "
+                              f"('dopri5', 'bosh3', 'adaptive_heun', 'dopri8'), not {stepper.name!r}.")
+        if adjoint_params is None:
+            raise ValueError(
+                "grad='adjoint' needs `adjoint_params`: the tensors to differentiate besides the start state (e.g. "
+                "tuple(net.parameters()), a guidance-scale tensor), or () for the start state only. torchdiffeq "
+                "silently returns zero gradients for parameters it is not given."
+            )
+        for p in adjoint_params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"`adjoint_params` must hold tensors, got {type(p).__name__}.")
+    if grad == "checkpoint":
+        seg = math.ceil(math.sqrt(steps)) if grad_segment is None else _positive("grad_segment", grad_segment)
+        return GradPlan(segment=seg)
+    if grad == "truncated":
+        if grad_steps is None:
+            raise ValueError("grad='truncated' needs `grad_steps`: K, the number of last steps to backpropagate "
+                             "through (DRaFT-K).")
+        return GradPlan(truncate=_positive("grad_steps", grad_steps))
+    return None
 
 
 @contextlib.contextmanager
@@ -125,6 +178,9 @@ def integrate(
     progress: Any = False,
     callback: Optional[Callable[[StepEvent], Any]] = None,
     grad: Optional[str] = None,
+    grad_segment: Optional[int] = None,
+    grad_steps: Optional[int] = None,
+    adjoint_params: Optional[Sequence[Tensor]] = None,
     check_interval: int = DEFAULT_CHECK_INTERVAL,
     **options: Any,
 ) -> Solution:
@@ -144,7 +200,14 @@ def integrate(
         progress: ``True`` for a tqdm bar (one update per accepted step), or a bar object.
         callback: called with a :class:`~flowode.recording.StepEvent` after every accepted step.
         grad: ``None`` (default): nothing is differentiable and no autograd graph is kept, even for
-            networks whose parameters require grad; ``"autograd"``: backpropagate through the steps.
+            networks whose parameters require grad; ``"autograd"``: backpropagate through the steps;
+            ``"checkpoint"``: the same gradient, recomputing segments of ``grad_segment`` steps in the
+            backward pass (default ``ceil(sqrt(steps))``: memory ``O(sqrt(steps))``; fixed grids);
+            ``"truncated"``: backpropagate through the last ``grad_steps`` steps only (DRaFT-K; fixed
+            grids); ``"adjoint"``: torchdiffeq's ``odeint_adjoint`` for the adaptive interval of a
+            torchdiffeq solver, differentiating the start state and ``adjoint_params`` (required:
+            torchdiffeq silently gives zero gradients for tensors it is not given). docs/gradients.md.
+        grad_segment, grad_steps, adjoint_params: the options of those modes.
         check_interval: steps between NaN / Inf checks of the state (fixed-step solvers; the last
             step is always checked, and a failed check replays the solve with every network output
             checked to name the exact step). ``1`` checks every network output as it comes and the
@@ -173,6 +236,7 @@ def integrate(
         raise ValueError(f"`check_interval` must be a positive integer (steps between checks), got {check_interval!r}.")
     grid = check_grid(sigmas, model.schedule)
     stepper = make(solver, **options)
+    plan = _grad_plan(grad, stepper, len(grid) - 1, grad_segment, grad_steps, adjoint_params)
     if grad is not None and not stepper.differentiable:
         raise SolverError(
             f"solver {stepper.name!r} cannot be differentiated (`grad`={grad!r}): its state goes through NumPy, so "
@@ -184,6 +248,8 @@ def integrate(
     # a model that clamps x0 maps an Inf network output to a finite state: check its outputs per call
     strict = check_interval == 1 or model.clip_x0 is not None or model.dynamic_threshold is not None
     run = Run(model, levels, generator=generator, check_calls=strict)
+    if grad == "adjoint":
+        run.adjoint_params = tuple(adjoint_params or ())
     stepper.check(run)
     check_direction(levels, stepper.name)
     recorder = Recorder("steps" if save_trajectory and save_at is None else save_at)
@@ -194,7 +260,7 @@ def integrate(
         if isinstance(stepper, AdaptiveStepper):
             out, stats = adaptive_loop(run, stepper, x, hooks)
         else:
-            out, stats = fixed_loop(run, stepper, x, hooks, check_interval)
+            out, stats = fixed_loop(run, stepper, x, hooks, check_interval, plan)
     trajectory, traj_sigmas, denoised = recorder.result()
     return Solution(x=out, nfe=run.nfe, sigmas=grid, solver=stepper.name, trajectory=trajectory,
                     trajectory_sigmas=traj_sigmas, denoised=denoised, stats={"steps": len(levels) - 1, **stats})

@@ -95,7 +95,7 @@ class EpsilonModel:
         *,
         clip_x0: Optional[tuple[float, float]] = None,
         dynamic_threshold: Optional[float] = None,
-        guidance_scale: Optional[float] = None,
+        guidance_scale: Optional[Union[float, Tensor]] = None,
         uncond_fn: Optional[NetworkFn] = None,
         batched_cfg: Optional[tuple[Tensor, Tensor]] = None,
         check_finite: bool = True,
@@ -303,7 +303,9 @@ class EpsilonModel:
     def _finish(self, preds: list[Prediction], x: Tensor, alpha: Level, std: Level) -> Prediction:
         """Guidance (two predictions combined in eps and x0) and x0 thresholding."""
         if len(preds) == 2:
-            w = float(self.guidance_scale)  # type: ignore[arg-type]
+            gs = self.guidance_scale
+            # a tensor scale stays a tensor, so a loss can be differentiated with respect to it
+            w = gs.to(x.dtype) if isinstance(gs, Tensor) else float(gs)  # type: ignore[arg-type]
             c, u = preds
             pred = Prediction(torch.lerp(u.eps, c.eps, w), torch.lerp(u.x0, c.x0, w))
         else:

@@ -371,3 +371,25 @@ def plot_results(records: Sequence[Mapping[str, Any]], out_dir: PathLike,
             paths.append(plot_error_vs_nfe(ok, out / f"sw_vs_nfe.{fmt}", metric="sw",
                                            title=None))
     return paths
+
+
+def plot_log_density(logp: Tensor, path: PathLike, *, lim: float, true_logp: Optional[Tensor] = None,
+                     data: Optional[Tensor] = None, title: str = "model", floor: float = 12.0) -> Path:
+    """2-D log-densities on a ``(G, G)`` grid over ``[-lim, lim]^2`` (rows: y, columns: x): the
+    model's, and beside it ``true_logp`` when given; ``data`` points are overlaid. Both panels share
+    one colour scale, clipped ``floor`` nats below the larger maximum."""
+    panels = [(title, logp)] + ([("true", true_logp)] if true_logp is not None else [])
+    fig, axes = _figure(len(panels), 1, (4.6, 4.0))
+    top = max(float(v.max()) for _, v in panels)
+    im = None
+    for ax, (name, v) in zip(axes[0], panels):
+        im = ax.imshow(np.clip(v.detach().cpu().double().numpy(), top - floor, top), extent=(-lim, lim, -lim, lim),
+                       origin="lower", cmap="viridis", vmin=top - floor, vmax=top, interpolation="nearest")
+        if data is not None:
+            pts = data.detach().cpu().double().reshape(-1, 2).numpy()
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, c="white", alpha=0.4, linewidths=0)
+        ax.set_title(f"log density: {name}")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    fig.colorbar(im, ax=axes[0].tolist(), label="nats", shrink=0.85)
+    return _save(fig, path)

@@ -107,6 +107,28 @@ def _xbar_step(sigma: float, sigma_next: float) -> float:
     return ddim_coefficients(1.0, 1.0, sigma, sigma_next)[1]
 
 
+def _edict_step(run: Run, x: Tensor, y: Tensor, s: list[float], al: list[float], i: int, p: float,
+                net_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """One EDICT decode step from level ``i`` to ``i + 1`` on the ``xbar`` chains (eq. 10-12)."""
+    d = _xbar_step(s[i], s[i + 1])
+    x_in = torch.add(x, _eps(run, y, al[i], s[i], net_dtype), alpha=d)
+    y_in = torch.add(y, _eps(run, x_in, al[i + 1], s[i], net_dtype), alpha=d)  # x_in lives at level i+1
+    x = torch.lerp(y_in, x_in, p)  # p x_in + (1 - p) y_in
+    y = torch.lerp(x, y_in, p)  # p y_in + (1 - p) x'
+    return x, y
+
+
+def _edict_unstep(run: Run, x: Tensor, y: Tensor, s: list[float], al: list[float], i: int, p: float,
+                  net_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The exact inverse of :func:`_edict_step`: the chains at level ``i`` from those at ``i + 1`` (eq. 14)."""
+    d = _xbar_step(s[i], s[i + 1])
+    y_in = (y - x * (1 - p)) / p
+    x_in = (x - y_in * (1 - p)) / p
+    y = y_in - _eps(run, x_in, al[i + 1], s[i], net_dtype) * d
+    x = x_in - _eps(run, y, al[i], s[i], net_dtype) * d
+    return x, y
+
+
 def _run(model: EpsilonModel, levels: list[float]) -> Run:
     return Run(model, levels, check_calls=True)
 
@@ -132,11 +154,7 @@ def edict_decode(model: EpsilonModel, latent: EdictLatent, sigmas: Tensor, p: fl
     x, y = latent.x.to(sd) / al[0], latent.y.to(sd) / al[0]
     for i in range(len(s) - 1):
         run.step = i
-        d = _xbar_step(s[i], s[i + 1])
-        x_in = torch.add(x, _eps(run, y, al[i], s[i], net_dtype), alpha=d)
-        y_in = torch.add(y, _eps(run, x_in, al[i + 1], s[i], net_dtype), alpha=d)  # x_in lives at level i+1
-        x = torch.lerp(y_in, x_in, p)  # p x_in + (1 - p) y_in
-        y = torch.lerp(x, y_in, p)  # p y_in + (1 - p) x'
+        x, y = _edict_step(run, x, y, s, al, i, p, net_dtype)
     return EdictLatent((x * al[-1]).to(net_dtype), (y * al[-1]).to(net_dtype), net_dtype, run.nfe)
 
 
@@ -166,11 +184,7 @@ def edict_encode(model: EpsilonModel, x0: Tensor, sigmas: Tensor, p: float = 0.9
     y = (x0 if y0 is None else y0).to(sd) / al[-1]
     for i in range(len(s) - 2, -1, -1):
         run.step = i
-        d = _xbar_step(s[i], s[i + 1])
-        y_in = (y - x * (1 - p)) / p
-        x_in = (x - y_in * (1 - p)) / p
-        y = y_in - _eps(run, x_in, al[i + 1], s[i], net_dtype) * d
-        x = x_in - _eps(run, y, al[i], s[i], net_dtype) * d
+        x, y = _edict_unstep(run, x, y, s, al, i, p, net_dtype)
     return EdictLatent(x * al[0], y * al[0], net_dtype, run.nfe)
 
 

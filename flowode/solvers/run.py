@@ -48,6 +48,8 @@ class Run:
         step: index of the step being taken (the driver sets it; error messages name it).
         max_nfe: evaluation budget (adaptive solvers), or ``None``.
         check_calls: test every network output for NaN / Inf (else the driver checks the state).
+        adjoint_params: ``integrate(grad="adjoint")``: the tensors besides the state that the
+            adjoint solve differentiates (``None``: plain autograd).
     """
 
     def __init__(self, model: EpsilonModel, grid: list[float], *, generator: Optional[torch.Generator] = None,
@@ -59,6 +61,7 @@ class Run:
         self.step = 0
         self.max_nfe = max_nfe
         self.check_calls = check_calls
+        self.adjoint_params: Optional[tuple[Tensor, ...]] = None
         self._fields: dict[str, ProbabilityFlow] = {}
         self._alphas: dict[float, float] = {}
         self._keywords = _takes_driver_keywords(type(model))
