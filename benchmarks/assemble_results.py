@@ -22,6 +22,7 @@ ORDER = [
     ("edict_precision.md", "EDICT in float32: round-off and its cause (issue 5)"),
     ("bench.md", "Benchmark engine example (issue 4)"),
     ("stochastic.md", "Stochastic samplers: strong and weak orders, keyed noise (issue 13)"),
+    ("ddpm_vs_ddim.md", "DDPM vs DDIM on the ring: the DDIM paper's Table 1 layout (issue 13)"),
 ]
 
 

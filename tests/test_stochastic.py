@@ -331,3 +331,35 @@ def test_generator_noise_replays_and_nan_check_names_the_step():
     with pytest.raises(flowode.NetworkOutputError):
         flowode.integrate(model, start(2).float(), geometric(8), "ddpm", seed=0)
     assert isinstance(GeneratorNoise(None).state(), tuple)
+
+
+# ------------------------------------------------------------------------------------------ distribution metrics, study
+def test_distribution_metrics_and_floors():
+    from flowode.bench.distribution import exact_nll, floors, mmd
+
+    ring = flowode.analytic.gmm_ring()
+    a = ring.sample(400, generator=torch.Generator().manual_seed(0))
+    b = ring.sample(400, generator=torch.Generator().manual_seed(1))
+    fl = floors(ring, 400, repeats=3, bandwidth=0.2)  # the components' scale (the median distance, 2.8, is blind)
+    nll, se = exact_nll(a, ring)
+    assert abs(nll - fl["nll"][0]) < 5 * se + 3 * fl["nll"][1]  # exact samples: the entropy
+    assert abs(mmd(a, b)) < 3e-3
+    shifted = a + torch.tensor([0.3, 0.0], dtype=torch.float64)
+    assert mmd(shifted, b, bandwidth=0.2) > 10 * max(abs(fl["mmd"][0]) + fl["mmd"][1], 1e-4)
+    assert exact_nll(shifted, ring)[0] > nll + 1.0
+    with pytest.raises(ValueError, match="`bandwidth` must be positive"):
+        mmd(a, b, bandwidth=0.0)
+
+
+def test_study_ddpm_vs_ddim_cli(tmp_path):
+    from flowode.cli import main
+
+    out = tmp_path / "t.md"
+    assert main(["study", "ddpm-vs-ddim", "--model", "exact", "--steps", "4,8", "--etas", "0,1,sigma-hat",
+                 "--samples", "200", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("Command: `flowode study ddpm-vs-ddim --model exact")
+    div = [ln for ln in text.splitlines() if ln.startswith("eta 0.0 | ")]
+    assert div[-1] == "eta 0.0 | 0.000 | 0.000"  # the diversity table's DDIM row: deterministic
+    for bad in (["--steps", "0"], ["--etas", "2"], ["--samples", "1"]):
+        assert main(["study", "ddpm-vs-ddim", *bad, "--out", str(out)]) != 0
