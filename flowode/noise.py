@@ -20,8 +20,8 @@ for different sizes). The Brownian path is a dyadic Brownian tree (Levy's constr
 ``tau in [-24, 24]`` (``sigma`` from ``4e-11`` to ``2.6e10``) with 38 levels, linear inside a leaf
 (width ``1.7e-10``); the nodes on the way to a query are drawn in one vectorised hash call.
 torchsde's ``BrownianTree`` / ``BrownianInterval`` give the same guarantees with one tree per
-sample, but cost about 5 ms per query per sample in Python (measured: 64 samples x 1000 steps =
-5 minutes), so flowode keeps its own vectorised tree; torchsde is an oracle in the tests.
+sample, but cost 2-5 ms per query per sample in Python (measured: 64 samples x 1000 steps = 2-5
+minutes, ``benchmarks/stochastic_orders.py``), so flowode keeps its own vectorised tree.
 
 :class:`GeneratorNoise` (``generator=``) draws from a ``torch.Generator``, or from a list of them,
 one per sample, as diffusers does (then batch-invariant too); its "increments" are fresh normals,
@@ -152,6 +152,17 @@ class KeyedNoise(NoiseSource):
         self.seed = _check_seed(seed)
         self.indices = None if indices is None else torch.as_tensor(list(indices), dtype=torch.int64)
         self._cache: dict[tuple[Any, ...], Tensor] = {}
+        self._bases: dict[tuple[Any, ...], Tensor] = {}
+
+    def _base(self, x: Tensor, stream: int) -> Tensor:
+        """The ``(B, numel)`` keys of (seed, stream, sample index, element), memoised per shape."""
+        key = (stream, x.shape, x.device)
+        hit = self._bases.get(key)
+        if hit is None:
+            if len(self._bases) > 8:
+                self._bases.clear()
+            hit = self._bases[key] = _base(self.seed, stream, self._idx(x), x[0].numel(), x.device)
+        return hit
 
     def _idx(self, x: Tensor) -> Tensor:
         if self.indices is None:
@@ -161,7 +172,7 @@ class KeyedNoise(NoiseSource):
         return self.indices
 
     def normal(self, x: Tensor, step: int, draw: int) -> Tensor:
-        base = _base(self.seed, _STREAM_NORMAL, self._idx(x), x[0].numel(), x.device)
+        base = self._base(x, _STREAM_NORMAL)
         z = _normals(_combine(_combine(base, int(step)), int(draw)))
         return z.view(x.shape).to(x.dtype)
 
@@ -201,7 +212,7 @@ class KeyedNoise(NoiseSource):
         else:
             f = (tau - a) / (b - a)
             coef = [p + (q - p) * f for p, q in zip(ca, cb)]
-        base = _base(self.seed, _STREAM_BROWNIAN, self._idx(x), x[0].numel(), x.device)
+        base = self._base(x, _STREAM_BROWNIAN)
         ids = torch.tensor(nodes, dtype=torch.int64, device=x.device).view(-1, 1, 1)
         xi = _normals(_combine(_combine(base.unsqueeze(0), ids), ids >> 32))  # (L, B, numel)
         w = torch.tensordot(torch.tensor(coef, dtype=torch.float64, device=x.device), xi, dims=1)
