@@ -28,13 +28,11 @@ from torch import Tensor
 
 from .control import FixedGrid
 from .field import ProbabilityFlow
-from .models import EpsilonModel, NetworkOutputError
+from .models import EpsilonModel, NetworkOutputError, Prediction
 from .recording import Recorder, StepEvent
 from .schedules import EDMSchedule, Schedule
-from .solvers.base import AdaptiveStepper, IntervalResult, MaxNFEError, SolverError, Step, Stepper
+from .solvers.base import AdaptiveStepper, EmbeddedPair, IntervalResult, MaxNFEError, SolverError, Step, Stepper
 from .solvers.boundary import adaptive_interval, boundary_step, classify
-from .solvers.rk.explicit import combine, explicit_step
-from .solvers.rk.methods import EmbeddedRungeKutta
 from .solvers.run import BudgetExhausted, Run
 
 __all__ = ["take_step", "fixed_loop", "adaptive_loop", "embedded_interval", "count_evaluations", "Hooks",
@@ -329,7 +327,7 @@ def _interval(run: Run, stepper: AdaptiveStepper, fld: ProbabilityFlow, x: Tenso
         run.step = hooks.events  # an evaluation that fails now names the accepted steps before it
 
     try:
-        if isinstance(stepper, EmbeddedRungeKutta):
+        if isinstance(stepper, EmbeddedPair):
             return embedded_interval(run, stepper, fld, y0, s0, s1, outputs, on_accept)
 
         def field(y: Tensor, s: float) -> Tensor:
@@ -342,16 +340,17 @@ def _interval(run: Run, stepper: AdaptiveStepper, fld: ProbabilityFlow, x: Tenso
         raise SolverError(f"solver {stepper.name!r} ran out of `max_nfe` without returning a partial state.") from None
 
 
-def embedded_interval(run: Run, stepper: EmbeddedRungeKutta, fld: ProbabilityFlow, y0: Tensor, s0: float,
+def embedded_interval(run: Run, stepper: EmbeddedPair, fld: ProbabilityFlow, y0: Tensor, s0: float,
                       s1: float, outputs: list[float],
                       on_accept: Callable[..., None]) -> IntervalResult:
-    """The controller loop: attempts of ``stepper.tableau`` under ``stepper.controller``, batch-wide
+    """The controller loop: attempts of the pair (``stepper.attempt``) under ``stepper.controller``, batch-wide
     or per sample (``stepper.error_norm``), landing exactly on the output points ``outputs``
     (the last is ``s1``). Per sample, the unfinished samples advance together, each at its own
     level, one batched evaluation per stage."""
-    tab, ctrl = stepper.tableau, stepper.controller
+    ctrl = stepper.controller
     per = stepper.per_sample
-    q = tab.error_order + 1
+    fsal = stepper.fsal
+    q = stepper.error_order + 1
     groups = y0.shape[0] if per else 1
     direction = 1.0 if s1 > s0 else -1.0
     view = (-1,) + (1,) * (y0.dim() - 1)
@@ -381,7 +380,8 @@ def embedded_interval(run: Run, stepper: EmbeddedRungeKutta, fld: ProbabilityFlo
     rounds = 0
     status = "ok"
     try:
-        k1, _ = fld(y, at(s))
+        k1, p0 = fld(y, at(s))
+        p1: Optional[Prediction] = None if per else p0  # the prediction there (batch mode; the DPM pair uses its eps)
         if stepper.first_step is not None:
             h = torch.full((groups,), stepper.first_step, dtype=torch.float64)
         else:
@@ -391,8 +391,11 @@ def embedded_interval(run: Run, stepper: EmbeddedRungeKutta, fld: ProbabilityFlo
             idx = active.nonzero().flatten()
             if bool(stale[idx].any()):  # pairs without FSAL: the first stage at the new points
                 sidx = idx[stale[idx]]
-                k_new, _ = fld(take(y, sidx), at(s[sidx]))
-                k1 = k1.index_copy(0, sidx.to(k1.device), k_new) if per else k_new
+                k_new, p_new = fld(take(y, sidx), at(s[sidx]))
+                if per:
+                    k1 = k1.index_copy(0, sidx.to(k1.device), k_new)
+                else:
+                    k1, p1 = k_new, p_new
                 stale[sidx] = False
             rounds += 1
             ya, sa, ka = take(y, idx), s[idx], take(k1, idx)
@@ -406,8 +409,7 @@ def embedded_interval(run: Run, stepper: EmbeddedRungeKutta, fld: ProbabilityFlo
             def stage(c: float, sa: Tensor = sa, ha: Tensor = ha, s_new: Tensor = s_new) -> Any:
                 return at(s_new) if c == 1.0 else at(sa + c * ha)
 
-            y1, ks, _ = explicit_step(fld, tab, ya, at(sa), hv, first=(ka, None), s_stage=stage)  # type: ignore[arg-type]
-            err = combine(torch.zeros_like(ya), hv, tab.b_error, ks)  # type: ignore[arg-type]
+            y1, err, k_last = stepper.attempt(fld, ya, at(sa), hv, (ka, p1), stage)
             en = ctrl.norm(err, ya, y1, stepper.rtol, stepper.atol, per)
             if not bool(torch.isfinite(en).all()):
                 sig = fld.sigma_of_s(float(sa.max() if direction < 0 else sa.min()))
@@ -431,13 +433,13 @@ def embedded_interval(run: Run, stepper: EmbeddedRungeKutta, fld: ProbabilityFlo
             if per:
                 rows, okd = gi.to(y0.device), ok.to(y0.device)
                 y = y.index_copy(0, rows, y1[okd])
-                if tab.fsal:
-                    k1 = k1.index_copy(0, rows, ks[-1][okd])
+                if k_last is not None:
+                    k1 = k1.index_copy(0, rows, k_last[okd])
             else:
                 y = y1
-                if tab.fsal:
-                    k1 = ks[-1]
-            if not tab.fsal:
+                if k_last is not None:
+                    k1, p1 = k_last, None
+            if not fsal:
                 stale[gi] = True
             s[gi] = s_new[ok]
             for g in gi[land[ok]].tolist():  # groups that landed on their next stop

@@ -20,6 +20,16 @@ and resumed run ends with *bit-identical* weights to an uninterrupted run (teste
 ``tests/test_train.py``). The learning rate is a pure function of the step (linear warm-up, then
 constant or cosine decay), so it needs no saved state.
 
+Resuming is refused (a ``ValueError`` naming ``resume=False`` / ``--no-resume``) when the
+checkpoint was written with other training options, another network layout (parameter names and
+shapes) or other data (``data_id``; by default a hash of a dataset tensor and its labels, or the
+qualified name of a sampler), so a resumed run never continues old weights on new data.
+
+Divergence. A step whose loss is not finite, or exceeds ``DIVERGENCE_FACTOR`` (1e6) times the
+smallest loss of the first 10 steps, and weights that are not finite when a checkpoint is due, stop
+training with :class:`TrainingDivergedError` before anything is written: the last good
+checkpoint stays as it was and no weights are returned.
+
 EMA of the weights (Polyak averaging, as DDPM's released models): after each optimizer step
 ``ema <- d ema + (1 - d) w`` with ``d = min(ema_decay, (1 + k) / (10 + k))`` at step ``k``.
 """
@@ -43,7 +53,8 @@ from .parameterization import from_eps_x0
 from .schedules import DiscreteVPSchedule
 
 __all__ = ["TrainConfig", "TrainResult", "train", "make_schedule", "schedule_spec", "schedule_from_spec",
-           "TARGETS", "CHECKPOINT_FORMAT", "training_target"]
+           "TARGETS", "CHECKPOINT_FORMAT", "training_target", "TrainingDivergedError", "DIVERGENCE_FACTOR",
+           "data_fingerprint"]
 
 TARGETS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "cosine", "scaled_linear")
@@ -53,6 +64,13 @@ DataSource = Union[Tensor, Callable[[int, Optional[torch.Generator]], Tensor]]
 
 # config fields that may change between an interrupted run and its resumption
 _RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every")
+
+#: a loss this many times the smallest loss of the first 10 steps counts as divergence
+DIVERGENCE_FACTOR = 1e6
+
+
+class TrainingDivergedError(ValueError):
+    """Training diverged (a non-finite or exploding loss, non-finite weights); nothing was written."""
 
 
 @dataclass
@@ -115,8 +133,8 @@ class TrainConfig:
             raise ValueError(f"`label_dropout` must be in [0, 1), got {self.label_dropout}.")
         if self.warmup < 0 or self.checkpoint_every < 0 or self.log_every < 1:
             raise ValueError("`warmup` and `checkpoint_every` must be >= 0 and `log_every` >= 1.")
-        if not self.lr > 0:
-            raise ValueError(f"`lr` must be positive, got {self.lr}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"`lr` must be a finite positive number, got {self.lr}; e.g. 1e-3.")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based)."""
@@ -212,6 +230,53 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
         )
 
 
+def _layout(net: nn.Module) -> dict[str, list[int]]:
+    """Parameter and buffer names with their shapes: what a checkpoint's weights must fit."""
+    return {k: list(v.shape) for k, v in net.state_dict().items()}
+
+
+def _check_layout(saved: Optional[dict[str, Any]], net: nn.Module, path: Path) -> None:
+    if saved is None:  # a checkpoint from before layouts were stored: load_state_dict decides
+        return
+    now = _layout(net)
+    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in diff[:3]) + (", ..." if len(diff) > 3
+                                                                                          else "")
+        raise ValueError(f"checkpoint {path} holds another network ({type(net).__name__} layout {detail}); resume "
+                         "with the same network options, or pass resume=False (CLI: --no-resume) to start again.")
+
+
+def data_fingerprint(data: Any, labels: Optional[Tensor] = None) -> str:
+    """The default ``data_id`` of :func:`train`: a hash of a dataset tensor (values and shape) and
+    its labels, or ``"sampler:module.qualname"`` of a sampler function."""
+    import hashlib
+
+    if isinstance(data, Tensor):
+        h = hashlib.sha256(repr((tuple(data.shape), str(data.dtype))).encode())
+        h.update(data.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        if labels is not None:
+            h.update(labels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return "tensor:" + h.hexdigest()[:16]
+    return f"sampler:{getattr(data, '__module__', '?')}.{getattr(data, '__qualname__', type(data).__name__)}"
+
+
+def _load_checkpoint(path: Path, device: Any) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - truncated or garbage file: name it and the way out
+        from .pretrained import first_sentence
+
+        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first_sentence(exc)}); it is "
+                         "truncated or not "
+                         "a flowode checkpoint: delete it, or pass resume=False (CLI: --no-resume) to start "
+                         "again.") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a flowode training checkpoint; delete it, or pass resume=False "
+                         "(CLI: --no-resume) to start again.")
+    return state
+
+
 # ------------------------------------------------------------------------------ training
 def training_target(target: str, x0: Tensor, eps: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """The regression target for ``x_n = alpha x0 + std eps`` (``alpha = sqrt(abar_n)``,
@@ -241,6 +306,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     callback: Optional[Callable[[int, float], None]] = None,
+    data_id: Optional[str] = None,
     **options: Any,
 ) -> TrainResult:
     """Train ``net`` on ``data`` with the DDPM simple objective (see the module docstring).
@@ -259,9 +325,17 @@ def train(
             the end). If it exists and ``resume`` is true, training continues from it.
         progress: show a tqdm progress bar with the running loss.
         callback: ``callback(step, loss)`` after every step (``step`` counts completed steps).
+        data_id: what the data are, stored in the checkpoint; resuming with another ``data_id`` is
+            refused (default :func:`data_fingerprint`; give one for samplers, e.g. the data set name).
 
     Returns:
         :class:`TrainResult`.
+
+    Raises:
+        TrainingDivergedError: the loss or the weights stopped being finite, or the loss exploded
+            (see the module docstring); nothing is saved at or after that step.
+        ValueError: bad options, a network without trainable parameters, non-finite data, or a
+            checkpoint that cannot be resumed (unreadable; other options, network or data).
     """
     config = dataclasses.replace(config or TrainConfig(), **options)
     if not isinstance(net, nn.Module):
@@ -272,8 +346,19 @@ def train(
         num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
     elif not (isinstance(data, Tensor) or callable(data)):
         raise TypeError("`data` must be a dataset tensor or a sampler data(n, generator) -> tensor.")
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"`net` ({type(net).__name__}) has no trainable parameters; give a network with weights "
+                         "that require grad, e.g. flowode.nets.MLP(dim=2).")
+    if isinstance(data, Tensor):
+        bad = ~torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1) if data.is_floating_point() else None
+        if bad is not None and bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            raise ValueError(f"`data` has {len(rows)} row(s) with NaN or Inf (first: row {rows[0]}); remove them, "
+                             f"e.g. data[torch.isfinite(data).flatten(1).all(1)].")
+    data_id = data_fingerprint(data, labels) if data_id is None else str(data_id)
     schedule = make_schedule(config)
-    param = next(net.parameters())
+    param = params[0]
     dtype, device = param.dtype, param.device
     abar = schedule.alphas_cumprod_knots.to(device)
     sqrt_abar = abar.sqrt().to(dtype)
@@ -289,13 +374,21 @@ def train(
     resumed_from = None
     elapsed0 = 0.0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    good_step: Optional[int] = None  # the step of the last checkpoint written or resumed from
     if ckpt_path is not None and resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt_path} is not a flowode training checkpoint.")
+        state = _load_checkpoint(ckpt_path, device)
         _check_resumable(state["config"], config, ckpt_path)
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
+        if state.get("data") is not None and state["data"] != data_id:
+            raise ValueError(f"checkpoint {ckpt_path} was trained on other data ({state['data']} -> {data_id}); "
+                             "resume with the same data, or pass resume=False (CLI: --no-resume) to start again.")
+        _check_layout(state.get("layout"), net, ckpt_path)
+        try:
+            net.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {ckpt_path} does not fit this network ({str(exc).splitlines()[0]}); resume "
+                             "with the same network options, or pass resume=False (CLI: --no-resume).") from None
+        good_step = int(state["step"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -305,15 +398,28 @@ def train(
         if start > config.steps:
             raise ValueError(f"checkpoint {ckpt_path} is at step {start}, beyond `steps`={config.steps}.")
 
+    def diverged(step: int, why: str) -> TrainingDivergedError:
+        kept = (f"the last good checkpoint (step {good_step}) is kept in {ckpt_path}" if good_step is not None
+                else "no checkpoint was written")
+        clip = f"`grad_clip`={config.grad_clip}" if config.grad_clip is not None else "no `grad_clip`"
+        return TrainingDivergedError(
+            f"training diverged at step {step} ({why}); {kept} and no weights were saved. Lower `lr` (now "
+            f"{config.lr:g}; CLI --lr), clip gradients ({clip}; CLI --grad-clip 1) or check the data for outliers.")
+
     def save(step: int) -> None:
+        nonlocal good_step
+        if not all(bool(torch.isfinite(p).all()) for m in (net, ema) for p in m.parameters()):
+            raise diverged(step, "the weights are not finite")
         if ckpt_path is None:
             return
         _save_atomic({
             "format": CHECKPOINT_FORMAT, "step": step, "config": dataclasses.asdict(config),
+            "data": data_id, "layout": _layout(net),
             "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses,
             "seconds": elapsed0 + time.perf_counter() - t0,
         }, ckpt_path)
+        good_step = step
 
     bar = None
     if progress:
@@ -342,6 +448,14 @@ def train(
                 out = net(xt, tt)
             target = training_target(config.target, x0, eps, a, s)
             loss = torch.mean((out - target) ** 2)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise diverged(step + 1, f"loss {value}")
+            if losses:
+                base = min(losses[:10])
+                if value > DIVERGENCE_FACTOR * max(base, 1e-12):
+                    raise diverged(step + 1, f"loss {value:.3g}, over {DIVERGENCE_FACTOR:g} x the first steps' "
+                                             f"{base:.3g}")
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
             opt.zero_grad(set_to_none=True)
@@ -355,7 +469,6 @@ def train(
                     pe.lerp_(pn, 1.0 - decay)
                 for be, bn in zip(ema.buffers(), net.buffers()):
                     be.copy_(bn)
-            value = float(loss.detach())
             losses.append(value)
             running = value if running is None else 0.98 * running + 0.02 * value
             done = step + 1

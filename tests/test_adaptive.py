@@ -104,8 +104,9 @@ def test_nfe_and_stats(solver):
     assert sol.nfe == counter.calls
     assert st["status"] == "ok" and st["boundary_steps"] == []
     assert len(st["step_sizes"]) == len(st["step_sigmas"])
-    assert abs(sum(st["step_sizes"]) - (0.05 - 50.0)) < 1e-10
-    assert st["step_sigmas"][0] == 50.0
+    span = {"sigma": 0.05 - 50.0, "lambda": math.log(50.0 / 0.05)}[st["coordinates"]]  # in the solver's variable
+    assert abs(sum(st["step_sizes"]) - span) < 1e-10
+    assert math.isclose(st["step_sigmas"][0], 50.0, rel_tol=1e-14)  # through lambda and back in lambda coordinates
     assert all(a > b for a, b in zip(st["step_sigmas"], st["step_sigmas"][1:]))
     if solver == "bs23_per_sample":
         assert st["accepted"] == sum(st["accepted_per_sample"])

@@ -66,7 +66,7 @@ def test_append_and_load_skip_torn_and_duplicate_lines(tmp_path):
         f.write('{"key": "c", "rm')  # a torn last line
     recs = load_results(p)
     assert [r["key"] for r in recs] == ["a", "b"]
-    assert recs[0]["rmse"] == 1.0 and recs[1]["rmse"] is None
+    assert recs[0]["rmse"] == 3.0 and recs[1]["rmse"] is None  # a repeated key keeps its latest record
     for line in p.read_text().splitlines()[:3]:
         json.loads(line)  # strict JSON, one object per line
 

@@ -12,7 +12,8 @@ For every *cell* ``(problem, solver, options, NFE budget, spacing, seed, samples
 4. compares the result with a reference started from the same ``x_T`` between the same grid ends:
    the closed-form flow map for :class:`~flowode.analytic.Gaussian` problems, otherwise
    :func:`~flowode.analytic.reference_solve` (scipy DOP853; rtol 1e-10 for analytic models). The
-   reference is cached per ``(problem, seed, samples, sigma_from, sigma_to)`` in memory and on disk
+   reference is cached per ``(problem, model fingerprint, seed, samples, sigma_from, sigma_to)`` in
+   memory and on disk
    (``<results>.refs/``), so it is computed once per grid end pair, not once per solver;
 5. for problems with a data sampler, the sliced 2-Wasserstein distance between the samples and as
    many fresh data samples (``sw``), together with the same distance for the reference samples
@@ -20,13 +21,15 @@ For every *cell* ``(problem, solver, options, NFE budget, spacing, seed, samples
 
 Each finished cell becomes one JSON object on one line of the results file, appended with a single
 ``os.write`` on an ``O_APPEND`` descriptor followed by ``fsync``; a killed run therefore leaves only
-complete lines (a torn last line, if the file system ever produced one, is ignored on reading).
-Re-running the same grid skips every cell whose key is already in the file.
+complete lines; a torn last line (power loss, a full disk) is skipped and reported on reading, and
+the next append starts on a fresh line. Re-running the same grid skips every cell whose key (which
+holds the model's fingerprint, the device and the timing repeats) is already in the file.
 
 Fields of a record: ``key, problem, solver, options, label, spacing, seed, samples, nfe_budget,
 nfe`` (exact, ``sol.nfe``), ``steps, sigma_from, sigma_to, rmse, max_err`` (max absolute error
 over all entries), ``sw, sw_ref, seconds, peak_mem_bytes, mem_method, reference, dtype, device,
-error`` (the message when the cell failed; such cells are recorded, not retried), ``flowode``
+error`` (the message when the cell failed; such cells are recorded, and rerun only with
+``retry_failed``), ``flowode``
 (version) and ``finished`` (UTC time).
 
 Layout (one module per concern; every public name is importable from ``flowode.bench``):
@@ -35,7 +38,8 @@ Layout (one module per concern; every public name is importable from ``flowode.b
   plugins, :func:`as_problem` / :func:`get_problem`;
 * :mod:`~flowode.bench.spec`: the solver spec language ``name[k=v]``, :class:`BenchSpec`,
   :class:`Cell`, :func:`cell_key`;
-* :mod:`~flowode.bench.store`: the JSON-lines results file (:func:`append_record`, :func:`load_results`);
+* :mod:`~flowode.bench.store`: the JSON-lines results file (:func:`append_record`, :func:`load_results`,
+  :func:`read_results`);
 * :mod:`~flowode.bench.metrics`: :func:`rmse`, :func:`max_err`, :func:`sliced_wasserstein`,
   :class:`ReferenceCache`;
 * :mod:`~flowode.bench.memory`: :class:`MemoryMeter`;
@@ -63,7 +67,7 @@ from .spec import (
     resolve_solvers,
     split_list,
 )
-from .store import append_record, load_results
+from .store import append_record, load_results, read_results
 
 __all__ = [
     # problems
@@ -72,7 +76,8 @@ __all__ = [
     "BenchSpec", "Cell", "cell_key", "parse_solver_spec", "split_list", "resolve_solvers", "DEMO_SOLVERS",
     "OPTIMIZED", "preferred_solvers",
     # store, metrics, memory
-    "load_results", "append_record", "rmse", "max_err", "sliced_wasserstein", "ReferenceCache", "MemoryMeter",
+    "load_results", "read_results", "append_record", "rmse", "max_err", "sliced_wasserstein", "ReferenceCache",
+    "MemoryMeter",
     # engine, report
     "run_bench", "run_cell", "aggregate", "markdown_table", "full_range", "headline_table", "method_table",
     "failed_methods",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,19 +22,19 @@ from torch import Tensor
 from ..grids import resolve_grid
 from ..integrate import integrate
 from ..optimize import optimize_grid
-from ..solvers import Stepper, make
+from ..solvers import SOLVERS, Stepper, make
 from .memory import MemoryMeter
 from .metrics import ReferenceCache, max_err, rmse, sliced_wasserstein
 from .peers import EpsCounter, get_peer, is_peer
-from .problems import Problem, get_problem
+from .problems import Problem, get_problem, model_fingerprint
 from .spec import OPTIMIZED, BenchSpec, Cell, resolve_solvers
-from .store import append_record, load_results
+from .store import append_record, read_results
 
 __all__ = ["run_cell", "run_bench"]
 
 T = TypeVar("T")
 
-#: what a failing cell may raise; it is recorded with its message, not retried
+#: what a failing cell may raise; it is recorded with its message (rerun with ``retry_failed``)
 _CELL_ERRORS = (ValueError, RuntimeError, TypeError, NotImplementedError)
 
 
@@ -184,13 +185,66 @@ def _stop_ladder(rec: dict[str, Any], cell: Cell, spec: BenchSpec, stopped: set[
         stopped.add(cell.ladder)
 
 
+def _preflight(problems: dict[str, Problem], cells: list[Cell], device: str) -> None:
+    """Refuse, before the first cell, a (problem, solver, options, spacing) group that cannot run
+    at all. Every budget's grid is resolved (no model call); then the group runs on one sample at
+    its smallest budget and, only if that fails, at its largest. A ``ValueError`` / ``TypeError``
+    at both (a bad spacing for the schedule, an option no grid to 0 can take such as DDIM's
+    ``eta`` > 1) is raised naming the group; a budget that fails alone stays a failed cell, and a
+    ``RuntimeError`` (the network's NaN, out of memory) is left to the cells. Costs one small
+    solve per group (within the timing noise of ``flowode demo``'s 40 cells)."""
+    groups: dict[str, list[Cell]] = {}
+    for c in cells:
+        if is_peer(c.solver) or c.spacing == OPTIMIZED or c.nfe is None:
+            continue
+        groups.setdefault(json.dumps([c.problem, c.solver, c.options, c.spacing], sort_keys=True), []).append(c)
+    for group in groups.values():
+        c0 = group[0]
+        problem = problems[c0.problem]
+        slv = make(c0.solver, **c0.options)
+        what = f"{c0.problem} {c0.label}"
+        grids: list[tuple[int, Tensor]] = []
+        first: Optional[Exception] = None
+        for nfe in sorted({c.nfe or 0 for c in group}):
+            try:
+                grids.append((nfe, resolve_grid(problem.model.schedule, slv, nfe=nfe, spacing=c0.spacing)))
+            except (ValueError, TypeError) as exc:
+                first = first or exc
+        if not grids:
+            raise ValueError(f"cell {what} cannot run at any budget of {sorted({c.nfe or 0 for c in group})}: "
+                             f"{first}")
+        tries = [grids[0]] if len(grids) == 1 else [grids[0], grids[-1]]
+        failures = []
+        for nfe, grid in tries:
+            x = problem.prior(1, float(grid[0]), c0.seed, device)
+            gen = torch.Generator(device=device).manual_seed(c0.seed + 1)
+            try:
+                integrate(problem.model, x, grid, slv, generator=gen)
+            except (ValueError, TypeError) as exc:
+                failures.append((nfe, exc))
+                continue
+            except RuntimeError:  # e.g. the network's NaN: a property of the cells, recorded there
+                pass
+            break
+        if len(failures) == len(tries):
+            last_nfe, last = failures[-1]
+            raise ValueError(f"cell {what} NFE={last_nfe} cannot run (tried on one sample before the benchmark, at "
+                             f"NFE {' and '.join(str(n) for n, _ in failures)}): {type(last).__name__}: {last}")
+
+
 def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = True,
-              log: Callable[[str], None] = _stderr) -> tuple[list[dict[str, Any]], list[str]]:
+              log: Callable[[str], None] = _stderr, retry_failed: bool = False,
+              preflight: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every cell of ``spec`` not yet in ``results`` (a JSON-lines file), appending each record
     as it finishes. Returns ``(records of this grid, messages about unknown solvers)``.
 
     Unknown solver names are reported (returned and logged), not fatal, so one grid can list solvers
-    that only some builds have; unknown problems and bad options raise ``ValueError`` / ``TypeError``.
+    that only some builds have; unknown problems, bad options and settings that would fail every
+    cell (``samples``, ``device``, ``spacings``, see :meth:`BenchSpec.validate` and the one-sample
+    ``preflight`` of each solver group) raise ``ValueError`` / ``TypeError`` before the first cell.
+    A cell's key holds the model's fingerprint, the device and the repeats, so a changed model
+    reruns its cells. ``retry_failed`` reruns cells whose record is an error (the new record
+    replaces it); torn or foreign lines of ``results`` are skipped and logged.
     """
     spec.validate()
     results = Path(results)
@@ -200,13 +254,27 @@ def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = Tr
         log(f"flowode bench: skipped: {msg}")
     if not solvers:
         raise ValueError("none of the requested `solvers` is registered: " + " ".join(missing))
+    if not spec.nfe and any(not is_peer(n) and not SOLVERS[n].adaptive for n, _ in solvers):
+        raise ValueError("no `nfe` budgets given; every solver that is not adaptive needs one (e.g. --nfe 5,10,20).")
     problems = {p: get_problem(p) for p in spec.problems}
-    cells = spec.cells(solvers, problems)
-    done = {r["key"]: r for r in load_results(results) if "key" in r}
+    fingerprints = {p: model_fingerprint(prob, spec.device) for p, prob in problems.items()}
+    for p, prob in problems.items():
+        prob.fingerprint = fingerprints[p]
+    cells = spec.cells(solvers, problems, fingerprints)
+    if not cells:
+        raise ValueError("the benchmark grid has no cells; give `nfe` budgets and solvers.")
+    old, torn = read_results(results)
+    if torn:
+        log(f"flowode bench: skipped {len(torn)} unreadable line(s) of {results} (line "
+            f"{', '.join(map(str, torn[:5]))}{', ...' if len(torn) > 5 else ''}: torn by an interrupted write or "
+            "not a record); their cells run again.")
+    done = {r["key"]: r for r in old if "key" in r and not (retry_failed and r.get("error"))}
     todo = [c for c in cells if c.key not in done]
     if len(todo) < len(cells):
         log(f"flowode bench: {len(cells) - len(todo)} of {len(cells)} cells already in {results}; running "
             f"{len(todo)}.")
+    if preflight and todo:
+        _preflight(problems, todo, spec.device)
     refs = ReferenceCache(results.with_name(results.name + ".refs"))
     bar = None
     if progress and todo:

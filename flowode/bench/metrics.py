@@ -49,15 +49,20 @@ def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int =
 
 
 class ReferenceCache:
-    """Reference solutions per ``(problem, seed, samples, sigma_from, sigma_to)``; in memory and, when a
-    folder is given, as ``.pt`` files there (so a resumed run does not redo them)."""
+    """Reference solutions per ``(problem, seed, samples, sigma_from, sigma_to)`` and the problem's
+    model fingerprint (when :func:`~flowode.bench.run_bench` has set ``problem.fingerprint``, so a
+    changed model never reuses an old reference); in memory and, when a folder is given, as ``.pt``
+    files there (so a resumed run does not redo them)."""
 
     def __init__(self, folder: Optional[Path]) -> None:
         self.folder = folder
         self.mem: dict[str, tuple[Tensor, str]] = {}
 
     def get(self, problem: Problem, x_T: Tensor, seed: int, s0: float, s1: float) -> tuple[Tensor, str]:
-        key = json.dumps([problem.name, seed, x_T.shape[0], repr(s0), repr(s1), str(problem.dtype)])
+        ident = [problem.name, seed, x_T.shape[0], repr(s0), repr(s1), str(problem.dtype)]
+        if problem.fingerprint is not None:
+            ident.append(problem.fingerprint)
+        key = json.dumps(ident)
         if key in self.mem:
             return self.mem[key]
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]

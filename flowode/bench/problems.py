@@ -19,7 +19,7 @@ from ..analytic import Gaussian, GaussianMixture, gmm_grid, gmm_random, gmm_ring
 from ..models import EpsilonModel
 from ..schedules import DiscreteVPSchedule
 
-__all__ = ["Problem", "PROBLEMS", "register_problem", "get_problem", "as_problem"]
+__all__ = ["Problem", "PROBLEMS", "register_problem", "get_problem", "as_problem", "model_fingerprint"]
 
 DataSampler = Callable[[int, torch.Generator], Tensor]
 FlowMap = Callable[[Tensor, float, float], Tensor]
@@ -41,6 +41,8 @@ class Problem:
         samples: default batch size.
         ref_rtol: tolerance of the reference solve (rtol = atol).
         images: samples are images ``(C, H, W)`` (for x0 grids).
+        fingerprint: :func:`model_fingerprint` of the model, set by :func:`~flowode.bench.run_bench`
+            (part of cell and reference-cache keys); ``None`` until then.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Problem:
     ref_rtol: float = 1e-10
     images: bool = False
     description: str = ""
+    fingerprint: Optional[str] = None
 
     @property
     def dim(self) -> int:
@@ -251,7 +254,53 @@ def get_problem(spec: str) -> Problem:
     try:
         obj = loader(spec)
     except (KeyError, ValueError, FileNotFoundError) as exc:
+        from pathlib import Path
+
+        from ..pretrained import list_pretrained
+
+        if spec in list_pretrained() or Path(spec).exists():  # it is a checkpoint, just not a loadable one
+            raise ValueError(f"`problem` {spec!r}: {exc}") from None
         raise ValueError(f"unknown `problem` {spec!r}: not a built-in problem ({', '.join(PROBLEMS)}), not "
                          f"'module:function', and flowode.load_pretrained({spec!r}) failed: {exc}") from exc
     return as_problem(obj, spec)
 
+
+
+def model_fingerprint(problem: Problem, device: Union[str, torch.device] = "cpu") -> str:
+    """A short hash of what a cell's numbers depend on in ``problem``'s model, so that a changed
+    model never reuses old benchmark cells: the sample shape and dtype, the parameterisation, the
+    schedule (``sigma`` at 17 native times), every parameter and buffer of the network when it is a
+    ``torch.nn.Module`` (bit-exact), and the model's ``eps`` on a fixed probe (2 prior draws at
+    ``sigma_max``, their geometric mean with ``sigma_min``, and ``sigma_min``; printed to 7
+    significant digits), which catches a changed function that has no parameters. Costs 3 model
+    evaluations of 2 samples; the model's NFE counters are restored."""
+    import hashlib
+
+    import numpy as np
+
+    model = problem.model
+    sched = model.schedule
+    h = hashlib.sha256()
+    h.update(repr((tuple(problem.shape), str(problem.dtype), model.prediction, type(model).__name__,
+                   type(sched).__name__)).encode())
+    t = torch.linspace(float(sched.t_min), float(sched.t_max), 17, dtype=torch.float64)
+    h.update(np.ascontiguousarray(torch.as_tensor(sched.sigma(t)).double().cpu().numpy()).tobytes())
+    for fn in (getattr(model, "fn", None), getattr(model, "uncond_fn", None), getattr(model, "net", None)):
+        if isinstance(fn, torch.nn.Module):
+            for name, v in fn.state_dict().items():
+                if isinstance(v, Tensor):
+                    h.update(f"{name}{tuple(v.shape)}{v.dtype}".encode())
+                    h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    nfe, passes = getattr(model, "nfe", 0), getattr(model, "network_passes", 0)
+    try:
+        lo, hi = float(sched.sigma_min), float(sched.sigma_max)
+        for s in (hi, math.sqrt(hi * lo), lo):
+            x = problem.prior(2, s, 12345, device)
+            with torch.no_grad():
+                eps = model.predict(x, s, check=False).eps
+            h.update(" ".join(f"{v:.6e}" for v in eps.detach().double().cpu().flatten().tolist()).encode())
+    except Exception as exc:  # noqa: BLE001 - the cell itself will report a model that cannot run
+        h.update(f"probe failed: {type(exc).__name__}".encode())
+    finally:
+        model.nfe, model.network_passes = nfe, passes
+    return h.hexdigest()[:16]

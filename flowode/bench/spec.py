@@ -18,6 +18,7 @@ from .peers import get_peer, is_peer
 from .problems import Problem
 
 __all__ = ["DEMO_SOLVERS", "OPTIMIZED", "preferred_solvers", "split_list", "parse_solver_spec", "resolve_solvers",
+           "check_device",
            "cell_key", "Cell", "BenchSpec"]
 
 #: the spacing name of a grid fitted by :func:`flowode.optimize_grid` (see :class:`BenchSpec`)
@@ -81,6 +82,29 @@ def parse_solver_spec(spec: Union[str, dict, tuple]) -> tuple[str, dict[str, Any
     return name.strip(), opts
 
 
+def check_device(device: Any) -> str:
+    """``device`` as torch spells it (``"cpu"``, ``"cuda:0"``); a ``ValueError`` naming the fix when
+    it is not a device name or not available in this build / on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"`device` {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"`device` {device!r}: CUDA is not available in this torch build or on this machine; "
+                             "use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"`device` {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"`device` {device!r}: MPS is not available on this machine; use --device cpu.")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"`device` {device!r}: flowode benchmarks run on cpu, cuda or mps.")
+    return str(dev)
+
+
 def _canonical(name: str, opts: dict[str, Any], peers: bool) -> str:
     """The registered name of a solver or peer, its options checked; ``UnknownSolverError`` (the
     message to report) when it cannot run here."""
@@ -117,13 +141,19 @@ def resolve_solvers(specs: Iterable[Union[str, dict, tuple]], *,
 
 
 def cell_key(problem: str, solver: str, nfe: Optional[int], spacing: Optional[str], seed: int,
-             options: dict[str, Any], samples: int, grid_options: Optional[dict[str, Any]] = None) -> str:
+             options: dict[str, Any], samples: int, grid_options: Optional[dict[str, Any]] = None, *,
+             model: Optional[str] = None, device: Optional[str] = None, repeats: Optional[int] = None) -> str:
     """Canonical identity of a cell (what a rerun compares); ``grid_options`` (the calibration
-    settings of an optimised grid) are part of it only when given."""
+    settings of an optimised grid), ``model`` (:func:`~flowode.bench.problems.model_fingerprint`),
+    ``device`` and ``repeats`` (timing) are part of it when given, so a changed model, device or
+    repeat count never reuses an old cell."""
     key: dict[str, Any] = {"problem": problem, "solver": solver, "nfe": nfe, "spacing": spacing, "seed": seed,
                            "options": options, "samples": samples}
     if grid_options:
         key["grid"] = grid_options
+    for name, value in (("model", model), ("device", device), ("repeats", repeats)):
+        if value is not None:
+            key[name] = value
     return json.dumps(key, sort_keys=True, separators=(",", ":"))
 
 
@@ -140,11 +170,16 @@ class Cell:
     samples: int
     #: settings of the ``"optimized"`` grid (calibration batch, optimiser evaluations), else empty
     grid_options: dict[str, Any] = field(default_factory=dict)
+    #: the model's fingerprint (:func:`~flowode.bench.problems.model_fingerprint`), the device and the
+    #: timing repeats: part of the key when set
+    model: Optional[str] = None
+    device: Optional[str] = None
+    repeats: Optional[int] = None
 
     @property
     def key(self) -> str:
         return cell_key(self.problem, self.solver, self.nfe, self.spacing, self.seed, self.options, self.samples,
-                        self.grid_options)
+                        self.grid_options, model=self.model, device=self.device, repeats=self.repeats)
 
     @property
     def ladder(self) -> Optional[str]:
@@ -153,7 +188,8 @@ class Cell:
         if self.nfe is not None:
             return None
         opts = {k: v for k, v in self.options.items() if k not in ("rtol", "atol")}
-        return cell_key(self.problem, self.solver, None, self.spacing, self.seed, opts, self.samples, self.grid_options)
+        return cell_key(self.problem, self.solver, None, self.spacing, self.seed, opts, self.samples, self.grid_options,
+                        model=self.model, device=self.device, repeats=self.repeats)
 
     @property
     def label(self) -> str:
@@ -211,19 +247,42 @@ class BenchSpec:
         return cls(**kw)
 
     def validate(self) -> None:
-        if not self.problems:
-            raise ValueError("no `problems` given.")
-        if not self.solvers:
-            raise ValueError("no `solvers` given.")
-        if any(n < 1 for n in self.nfe):
-            raise ValueError(f"`nfe` budgets must be positive integers, got {self.nfe}.")
-        if self.repeats < 1:
-            raise ValueError(f"`repeats` must be >= 1, got {self.repeats}.")
+        """Refuse settings that would fail every cell, before the first one runs (CLI flag names)."""
+        from ..grids import SPACINGS
 
-    def cells(self, solvers: list[tuple[str, dict[str, Any]]], problems: dict[str, Problem]) -> list[Cell]:
+        if not self.problems:
+            raise ValueError("no `problems` given (--problem gmm2d,...).")
+        if not self.solvers:
+            raise ValueError("no `solvers` given (--solvers ddim,heun,...).")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.nfe):
+            raise ValueError(f"`nfe` budgets must be positive integers, got {self.nfe}; e.g. --nfe 5,10,20.")
+        if not self.seeds:
+            raise ValueError("no `seeds` given; e.g. --seeds 0,1.")
+        if self.samples is not None and (isinstance(self.samples, bool) or not isinstance(self.samples, int)
+                                         or self.samples < 1):
+            raise ValueError(f"`samples` must be a positive integer (or left out for each problem's default batch), "
+                             f"got {self.samples!r}.")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"`repeats` must be an integer >= 1, got {self.repeats!r}.")
+        bad = [s for s in self.spacings if s is not None and s != OPTIMIZED and s not in SPACINGS]
+        if bad:
+            raise ValueError(f"unknown `spacing` {bad[0]!r}; choose from {', '.join(SPACINGS)}, {OPTIMIZED} "
+                             "(or leave it out for each solver's own).")
+        if any(not (isinstance(t, (int, float)) and 0 < t < 1) for t in self.tolerances):
+            raise ValueError(f"`tolerances` must be numbers in (0, 1), got {self.tolerances}; e.g. 1e-2,1e-3.")
+        check_device(self.device)
+
+    def cells(self, solvers: list[tuple[str, dict[str, Any]]], problems: dict[str, Problem],
+              fingerprints: Optional[dict[str, str]] = None) -> list[Cell]:
+        """Every cell of the grid; with ``fingerprints`` (problem name -> model fingerprint) the keys
+        also hold the model, ``device`` and ``repeats``."""
         out = []
         for pname, prob in problems.items():
-            n = self.samples or prob.samples
+            n = self.samples if self.samples is not None else prob.samples
+            ident: dict[str, Any] = {}
+            if fingerprints is not None:
+                ident = {"model": fingerprints[pname], "device": check_device(self.device),
+                         "repeats": self.repeats}
             for sname, opts in solvers:
                 cls = None if is_peer(sname) else SOLVERS[sname]
                 for spacing in self.spacings:
@@ -237,11 +296,12 @@ class BenchSpec:
                                     o = dict(opts, rtol=tol)
                                     if any(f.name == "atol" for f in dataclasses.fields(cls)):
                                         o.setdefault("atol", tol)
-                                    out.append(Cell(pname, sname, o, None, spacing, seed, n, dict(grid)))
+                                    out.append(Cell(pname, sname, o, None, spacing, seed, n, dict(grid), **ident))
                             else:
-                                out.append(Cell(pname, sname, dict(opts), None, spacing, seed, n, dict(grid)))
+                                out.append(Cell(pname, sname, dict(opts), None, spacing, seed, n, dict(grid),
+                                                **ident))
                             continue
                         for budget in self.nfe:
-                            out.append(Cell(pname, sname, dict(opts), budget, spacing, seed, n, dict(grid)))
+                            out.append(Cell(pname, sname, dict(opts), budget, spacing, seed, n, dict(grid), **ident))
         return out
 

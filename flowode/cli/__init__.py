@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -46,8 +47,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (ValueError, TypeError) as exc:  # user errors: one clear line, no traceback
-        print(f"flowode {args.command}: error: {exc}", file=sys.stderr)
+        print(f"flowode {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that cannot be read or written (full disk, permissions)
+        print(f"flowode {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: still one line, the traceback on request
+        if os.environ.get("FLOWODE_TRACEBACK"):
+            raise
+        print(f"flowode {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (run again with "
+              "FLOWODE_TRACEBACK=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,9 +49,15 @@ def load_config(path: str) -> dict[str, Any]:
             except ImportError:
                 raise ValueError("reading a .toml `--config` on Python 3.10 needs `pip install tomli`; "
                                  "or use a .json file.") from None
-        data = tomllib.loads(p.read_text())
+        try:
+            data = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"`--config` {path!r} is not valid TOML ({exc}).") from None
     elif p.suffix.lower() == ".json":
-        data = json.loads(p.read_text())
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"`--config` {path!r} is not valid JSON ({exc}).") from None
     else:
         raise ValueError(f"`--config` {path!r}: use a .toml or .json file.")
     if not isinstance(data, dict):
@@ -59,3 +66,34 @@ def load_config(path: str) -> dict[str, Any]:
         data = data["bench"]
     aliases = {"problem": "problems", "solver": "solvers", "spacing": "spacings", "seed": "seeds"}
     return {aliases.get(k, k): v for k, v in data.items()}
+
+
+def out_dir(path: str, flag: str = "--out") -> Path:
+    """``path`` as an output folder, created now: a ``ValueError`` naming ``flag`` when it is an
+    existing file or cannot be created or written (checked before any work is done)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"`{flag}` {path!r} is an existing file, not a folder; give a folder path "
+                         "(it is created if missing).")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"`{flag}` {path!r}: cannot create the folder ({exc.strerror or exc}); "
+                         "choose a writable location.") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"`{flag}` {path!r} is not writable; choose a writable location.")
+    return p
+
+
+def out_file(path: str, flag: str = "--out") -> Path:
+    """``path`` as an output file whose folder is created now (see :func:`out_dir`); a
+    ``ValueError`` when it names an existing folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"`{flag}` {path!r} is a folder; give a file name, e.g. {str(p / 'samples.npy')!r}.")
+    try:
+        out_dir(str(p.parent), flag)
+    except ValueError as exc:
+        raise ValueError(f"`{flag}` {path!r}: its folder {str(p.parent)!r} cannot hold it: "
+                         f"{str(exc).split(' ', 2)[2]}") from None
+    return p

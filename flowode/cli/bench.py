@@ -1,6 +1,9 @@
 """``flowode bench``: problems x solvers x NFE budgets; results.jsonl + table.md + figures.
 
-Resumable: re-running the same command skips every cell already in ``OUT/results.jsonl``.
+Resumable: re-running the same command skips every cell already in ``OUT/results.jsonl`` (a
+cell's key holds the model's fingerprint, the device and ``--repeats``); ``--retry-failed`` reruns
+the failed ones. Exit status 0 when at least one cell of the grid has a result, 1 when every cell
+failed, 2 for a bad setting (refused before the first cell).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._util import csv, floats, ints, load_config
+from ._util import csv, floats, ints, load_config, out_dir
 
 DEFAULT_NFE = "5,10,20,50"
 
@@ -27,6 +30,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
                "  flowode bench --problem mypkg.models:make_problem --solvers heun --out runs/c\n"
                "  flowode bench --config grid.toml   (keys: problems, solvers, nfe, spacings, seeds, samples, ...)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog = (p.epilog or "") + ("\n\nExit status: 0 when some cell has a result, 1 when every cell failed, "
+                                   "2 for a bad setting (refused before the first cell).")
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file with the grid; flags given override it")
     p.add_argument("--problem", "--problems", dest="problems", metavar="LIST",
                    help="comma-separated problems: gmm2d, gmm2d_grid, gmm64, gaussian, shapes8x8, "
@@ -50,6 +55,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     p.add_argument("--formats", metavar="LIST", help="figure formats: png, pdf, svg (default png)")
     p.add_argument("--no-figures", action="store_true", help="write results and table only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="rerun cells whose earlier record is an error (e.g. out of memory); by default a resumed "
+                        "run keeps them")
     return p
 
 
@@ -116,11 +124,26 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
 
     spec, out, formats = spec_from_args(args)
-    out.mkdir(parents=True, exist_ok=True)
-    records, missing = run_bench(spec, out / "results.jsonl", progress=not args.no_progress)
+    spec.validate()  # a bad setting is refused before the output folder is made
+    out_dir(str(out))
+    records, missing = run_bench(spec, out / "results.jsonl", progress=not args.no_progress,
+                                 retry_failed=args.retry_failed)
     paths = write_outputs(records, missing, out, formats, spec, figures=not args.no_figures)
     print((out / "table.md").read_text())
     print(f"results: {out / 'results.jsonl'}  table: {out / 'table.md'}")
     for p in paths:
         print(f"figure: {p}")
+    return failure_status(records, "bench")
+
+
+def failure_status(records: list[dict[str, Any]], command: str) -> int:
+    """1 (with one line on stderr) when every cell failed, else 0; a partial failure is reported."""
+    failed = [r for r in records if r.get("error")]
+    if records and len(failed) == len(records):
+        print(f"flowode {command}: error: all {len(records)} cells failed; the first: {failed[0]['error']}",
+              file=sys.stderr)
+        return 1
+    if failed:
+        print(f"flowode {command}: {len(failed)} of {len(records)} cells failed (their errors are in the table; "
+              "rerun with --retry-failed after a fix).", file=sys.stderr)
     return 0

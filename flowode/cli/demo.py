@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._util import csv, ints
+from ._util import csv, ints, out_dir
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..integrate import sample
 
     t_start = time.perf_counter()
+    ckpt = _checkpoint_problem(args.checkpoint) if args.checkpoint else None  # refused now, not after the bench
     wanted = csv(args.solvers) or preferred_solvers(4, ("ddim", "heun", "dpm_solver++_2m", "unipc", "rk4"))
     spec = BenchSpec(problems=csv(args.problems) or ["gmm2d"], solvers=wanted, nfe=ints(args.nfe, "--nfe") or [],
                      seeds=[args.seed], samples=args.samples,
@@ -87,13 +88,15 @@ def run(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory()
         results = Path(tmp.name) / "results.jsonl"
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        out_dir(str(out))
         results = out / "results.jsonl"
     records, missing = run_bench(spec, results, progress=not args.no_progress)
     print(markdown_table(records, missing))
+    from .bench import failure_status
+
     if out is None:
         print("(figures are written with --out DIR)")
-        return 0
+        return failure_status(records, "demo")
     from ..plot import plot_denoised_grid, plot_step_sizes
     from .bench import write_outputs
 
@@ -113,31 +116,37 @@ def run(args: argparse.Namespace) -> int:
         paths.append(plot_denoised_grid(img_sol, out / f"x0_grid_shapes8x8.{fmt}",
                                         title=f"shapes8x8 (exact model), {name}, NFE {img_sol.nfe}: x0 prediction "
                                               "at the start of each step"))
-    if args.checkpoint:
-        paths += _checkpoint_grid(args.checkpoint, name, opts, mid, args.seed, out, formats)
+    if ckpt is not None:
+        paths += _checkpoint_grid(ckpt, args.checkpoint, name, opts, mid, args.seed, out, formats)
     print(f"results: {results}  table: {out / 'table.md'}")
     for p in paths:
         print(f"figure: {p}")
     print(f"done in {time.perf_counter() - t_start:.1f} s")
-    return 0
+    return failure_status(records, "demo")
 
 
-def _checkpoint_grid(ckpt: str, name: str, opts: dict[str, Any], nfe: int, seed: int, out: Path,
-                     formats: list[str]) -> list[Path]:
-    import torch
-
+def _checkpoint_problem(ckpt: str) -> Any:
+    """The benchmark problem of ``--checkpoint``; a ``ValueError`` (exit status 2) when it cannot draw
+    an x0 grid, so a requested figure is never silently missing."""
     from ..bench import get_problem
-    from ..integrate import sample
-    from ..plot import plot_denoised_grid
 
     try:
         prob = get_problem(ckpt)
     except (ValueError, TypeError) as exc:
-        print(f"flowode demo: checkpoint {ckpt!r} unavailable: {exc}", file=sys.stderr)
-        return []
+        raise ValueError(f"`--checkpoint` {ckpt!r} is unavailable: {exc}") from None
     if not prob.images:
-        print(f"flowode demo: checkpoint {ckpt!r} is not an image model; no x0 grid.", file=sys.stderr)
-        return []
+        raise ValueError(f"`--checkpoint` {ckpt!r} is not an image model (samples of shape {prob.shape}), so it has "
+                         "no x0 grid; give an image checkpoint such as 'digits'.")
+    return prob
+
+
+def _checkpoint_grid(prob: Any, ckpt: str, name: str, opts: dict[str, Any], nfe: int, seed: int, out: Path,
+                     formats: list[str]) -> list[Path]:
+    import torch
+
+    from ..integrate import sample
+    from ..plot import plot_denoised_grid
+
     x_T = prob.prior(6, prob.model.schedule.sigma_max, seed)
     with torch.no_grad():
         sol = sample(prob.model, x_T, nfe=nfe, solver=name, save_trajectory=True, **opts)

@@ -58,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
 
     from flowode.invert import invertibility_report
 
+    from ._util import ints, out_dir
+
+    if args.samples < 1:
+        raise ValueError(f"`--samples` must be a positive integer, got {args.samples}.")
+    if args.out:
+        out_dir(args.out)  # refused before the round trips, not after
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     model, x0 = _problem(args.problem, args.samples, args.seed, dtype)
     methods: list = []
@@ -67,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
             methods.append((name, {"solver": solver}))
         else:
             methods.append(m)
-    steps = [int(v) for v in args.steps.split(",") if v.strip()]
+    steps = ints(args.steps, "--steps") or []
+    if not steps or min(steps) < 1:
+        raise ValueError(f"`--steps` must list positive step counts, e.g. 10,20,50; got {args.steps!r}.")
     kw: dict = {"reference": True if args.reference else None}
     if args.spacing:
         kw["spacing"] = args.spacing

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ._util import csv
+from ._util import csv, out_dir
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import load_results, markdown_table
+    from ..bench import markdown_table, read_results
     from ..plot import plot_error_vs_nfe, plot_results, plot_time_vs_error
 
     path = Path(args.results)
@@ -31,14 +32,19 @@ def run(args: argparse.Namespace) -> int:
         path = path / "results.jsonl"
     if not path.exists():
         raise ValueError(f"results file {str(path)!r} does not exist.")
-    records = load_results(path)
+    records, skipped = read_results(path)
+    if skipped:
+        print(f"flowode plot: skipped {len(skipped)} unreadable line(s) of {str(path)!r} (line "
+              f"{', '.join(map(str, skipped[:5]))}{', ...' if len(skipped) > 5 else ''}).", file=sys.stderr)
+    if not records and skipped:
+        raise ValueError(f"results file {str(path)!r} holds no readable records ({len(skipped)} line(s) are not "
+                         "JSON objects); give a results.jsonl written by `flowode bench`.")
     if args.problem:
         keep = set(csv(args.problem) or [])
         records = [r for r in records if r.get("problem") in keep]
     if not records:
         raise ValueError(f"no records in {str(path)!r}" + (" for those problems." if args.problem else "."))
-    out = Path(args.out) if args.out else path.parent
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args.out) if args.out else path.parent
     formats = csv(args.formats) or ["png"]
     if args.metric == "rmse":
         paths = plot_results(records, out, formats)

@@ -67,15 +67,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench import get_problem, parse_solver_spec
+    from ..bench.spec import check_device
     from ..integrate import sample
     from ..plot import plot_denoised_grid
     from ..solvers import get_class
+    from ._util import out_file
 
     out = Path(args.out)
     ext = out.suffix.lower()
     if ext not in (".npy", ".pt", ".png"):
         raise ValueError(f"`--out` {args.out!r}: use a .npy, .pt or .png file.")
+    if args.samples < 1:
+        raise ValueError(f"`--samples` must be a positive integer, got {args.samples}.")
+    out = out_file(args.out)  # refused before sampling, not after
+    device = check_device(args.device)
     prob = get_problem(args.problem)
+    if args.x0_grid and len(prob.shape) != 3:
+        raise ValueError(f"`--x0-grid` draws image x0 predictions; problem {prob.name!r} has samples of shape "
+                         f"{prob.shape}, not (C, H, W).")
     name, opts = parse_solver_spec(args.solver)
     steps, nfe = args.steps, args.nfe
     if get_class(name).adaptive:  # it picks its own steps between sigma_max and 0
@@ -88,10 +97,9 @@ def run(args: argparse.Namespace) -> int:
     sched = prob.model.schedule
     # keyed by (seed, sample index): sample i is the same with --samples 7 and --samples 64
     x_T = prob.model.prior_sample((args.samples, *prob.shape), sched.sigma_max, seed=args.seed,
-                                  dtype=prob.dtype).to(args.device)
+                                  dtype=prob.dtype).to(device)
     sol = sample(prob.model, x_T, steps, nfe=nfe, solver=name, spacing=args.spacing,
                  save_trajectory=bool(args.x0_grid), seed=args.seed + 1, **opts)
-    out.parent.mkdir(parents=True, exist_ok=True)
     x = sol.x.detach().cpu()
     if ext == ".npy":
         np.save(out, x.numpy())

@@ -66,7 +66,11 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, Optional[int], dict[
     torch.manual_seed(args.seed)
     if args.data == "digits":
         x, y = fdata.load_digits(return_labels=True)
-        mults = tuple(int(v) for v in str(args.channel_mults).split(",") if v)
+        try:
+            mults = tuple(int(v) for v in str(args.channel_mults).split(",") if v)
+        except ValueError:
+            raise ValueError(f"`--channel-mults` must be comma-separated integers, e.g. 1,2; got "
+                             f"{args.channel_mults!r}.") from None
         net: Any = UNet(in_channels=1, base_channels=args.base_channels, channel_mults=mults,
                    num_res_blocks=args.res_blocks, num_classes=10 if args.conditional else None)
         desc = {"name": "digits", "source": "sklearn.datasets.load_digits (1797 images, 8x8)",
@@ -85,14 +89,30 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, Optional[int], dict[
     return net, sampler, None, None, desc
 
 
+def check_name(name: str) -> str:
+    """``--name`` as a plain file name inside ``--out`` (no folders, no ``..``)."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise ValueError(f"`--name` {name!r} must be a plain file name (no '/', '\\' or '..'), e.g. --name ring8; "
+                         "the files go into `--out`.")
+    return name
+
+
 def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> tuple[Any, dict[str, Any], Path]:
-    """Train as the CLI does; return the :class:`~flowode.train.TrainResult`, the card and the weights path."""
+    """Train as the CLI does; return the :class:`~flowode.train.TrainResult`, the card and the weights path.
+
+    ``--name`` and ``--out`` are checked before training; a diverging run raises
+    :class:`~flowode.train.TrainingDivergedError` and writes no weights or card."""
     import torch
 
     from ..nets import describe
     from ..pretrained import save_model
     from ..train import TrainConfig, schedule_spec, train
+    from ._util import out_dir
 
+    name = check_name(args.data if args.name is None else args.name)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"`--threads` must be a positive integer, got {args.threads}.")
+    out = out_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -103,12 +123,12 @@ def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> t
         label_dropout=args.label_dropout, seed=args.seed, checkpoint_every=args.checkpoint_every,
     )
     net, data, labels, num_classes, desc = build(args)
-    out = Path(args.out)
     result = train(net, data, config, labels=labels, num_classes=num_classes, checkpoint=out / "checkpoint.pt",
-                   resume=not args.no_resume, progress=not args.quiet)
+                   resume=not args.no_resume, progress=not args.quiet,
+                   data_id=f"{desc['name']}{' (conditional)' if desc.get('conditional') else ''}")
     command = "flowode train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
     card: dict[str, Any] = {
-        "name": args.name or args.data,
+        "name": name,
         "arch": describe(result.ema),
         "parameters": sum(p.numel() for p in result.ema.parameters()),
         "schedule": schedule_spec(config),
@@ -123,7 +143,7 @@ def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> t
         },
         "command": command,
     }
-    weights, _ = save_model(out / f"{args.name or args.data}.pt", result.ema, card)
+    weights, _ = save_model(out / f"{name}.pt", result.ema, card)
     return result, card, weights
 
 

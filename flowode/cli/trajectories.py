@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._util import csv
+from ._util import csv, out_file
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -27,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import preferred_solvers, resolve_solvers
     from ..plot import plot_trajectories
 
+    if args.samples < 1:
+        raise ValueError(f"`--samples` must be a positive integer, got {args.samples}.")
+    out_file(args.out)
     specs, missing = resolve_solvers(csv(args.solvers) or preferred_solvers(3))
     for m in missing:
         print(f"flowode trajectories: skipped: {m}")

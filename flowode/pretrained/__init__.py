@@ -49,9 +49,39 @@ def _card_path(name: Union[str, Path]) -> Path:
     )
 
 
+def first_sentence(exc: BaseException) -> str:
+    """The first line and sentence of an exception's message (torch's loaders write paragraphs)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    """The card at ``path``; a ``ValueError`` naming the file when it is not a readable card."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"card {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); it is truncated or not "
+                         "a flowode card: write it again with `flowode train`.") from None
+    missing = [k for k in ("arch", "schedule", "prediction") if not isinstance(card, dict) or k not in card]
+    if missing:
+        raise ValueError(f"card {str(path)!r} is not a flowode card (no {', '.join(map(repr, missing))} entry); "
+                         "write it again with `flowode train`.")
+    return card  # type: ignore[no-any-return]
+
+
 def load_card(name: Union[str, Path]) -> dict[str, Any]:
     """The JSON card of a shipped model (by name) or of a card file."""
-    return json.loads(_card_path(name).read_text())
+    return _read_card(_card_path(name))
+
+
+def _check_label(label: Union[int, Tensor, None], num_classes: int, name: str) -> None:
+    if label is None:
+        return
+    values = label.flatten().tolist() if isinstance(label, Tensor) else [label]
+    bad = [v for v in values if isinstance(v, bool) or v != int(v) or not 0 <= int(v) < num_classes]
+    if bad:
+        raise ValueError(f"`label`={bad[0]!r} is not a class of model {name!r}: use an integer in "
+                         f"0..{num_classes - 1} (or None for unconditional samples).")
 
 
 class _Conditional(nn.Module):
@@ -91,17 +121,25 @@ def load_pretrained(name: Union[str, Path], *, device: Union[str, torch.device] 
         **model_kwargs: passed to :class:`EpsilonModel` (e.g. ``clip_x0=(-1, 1)``).
 
     The returned model has the attributes ``net`` (the network, parameters frozen, eval mode) and
-    ``card`` (the card as a dict). Its data live in ``[-1, 1]`` for images; for 2-D toys see
-    ``card["data"]``.
+    ``card`` (the card as a dict) and, when the card records it, ``sample_shape`` (the shape of one
+    sample, e.g. ``(1, 8, 8)``; what ``flowode bench`` / ``flowode sample --problem NAME`` read).
+    Its data live in ``[-1, 1]`` for images; for 2-D toys see ``card["data"]``.
     """
     from ..nets import build_network
     from ..train import schedule_from_spec
 
     card_path = _card_path(name)
-    card = json.loads(card_path.read_text())
+    card = _read_card(card_path)
     net = build_network(card["arch"])
-    state = torch.load(card_path.with_suffix(".pt"), map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
+    weights = card_path.with_suffix(".pt")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage or mismatched weights: name the file
+        raise ValueError(f"weights {str(weights)!r} cannot be loaded for the card {str(card_path)!r} "
+                         f"({type(exc).__name__}: {first_sentence(exc)}); the file is "
+                         "truncated, not a state dict, or from another architecture: write it again with "
+                         "`flowode train`.") from None
     net.to(device=device, dtype=torch.float32).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -109,6 +147,7 @@ def load_pretrained(name: Union[str, Path], *, device: Union[str, torch.device] 
     num_classes = card["arch"]["config"].get("num_classes")
     fn: nn.Module = net
     if num_classes:
+        _check_label(label, int(num_classes), str(name))
         fn = _Conditional(net, label, num_classes)
         if guidance_scale is not None:
             if label is None:
@@ -119,6 +158,9 @@ def load_pretrained(name: Union[str, Path], *, device: Union[str, torch.device] 
     model = EpsilonModel(fn, schedule, prediction=card["prediction"], **model_kwargs)
     model.net = net  # type: ignore[attr-defined]
     model.card = card  # type: ignore[attr-defined]
+    shape = (card.get("data") or {}).get("shape")
+    if shape is not None:  # the shape of one sample, as flowode.bench and `flowode sample` read it
+        model.sample_shape = tuple(int(s) for s in shape)  # type: ignore[attr-defined]
     return model
 
 

@@ -28,11 +28,12 @@ field in its coordinates (:mod:`flowode.field`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Optional, Sequence
 
 from torch import Tensor
 
+from ..control import PIController
 from ..models import Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,8 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .boundary import Boundary
     from .run import Run
 
-__all__ = ["Stepper", "AdaptiveStepper", "Step", "SolverError", "MaxNFEError", "IntervalResult", "check_choice",
-           "check_fraction"]
+__all__ = ["Stepper", "AdaptiveStepper", "EmbeddedPair", "Step", "SolverError", "MaxNFEError", "IntervalResult",
+           "check_choice", "check_fraction", "ERROR_NORMS"]
+
+ERROR_NORMS = ("batch", "per_sample")
 
 
 class SolverError(ValueError):
@@ -212,6 +215,59 @@ class AdaptiveStepper(Stepper):
             f"solver {self.name!r} is adaptive: its NFE is known only after the solve (sol.nfe); "
             "bound it with `max_nfe`."
         )
+
+
+@dataclass
+class EmbeddedPair(AdaptiveStepper):
+    """An adaptive solver made of an embedded pair -- two solutions of one attempted step whose
+    difference estimates the local error -- run by the driver's controller loop
+    (:func:`flowode.driver.embedded_interval`) under a :class:`~flowode.control.PIController`.
+
+    A subclass implements :meth:`attempt` and sets ``error_order`` (the order of the lower
+    solution: the estimate is ``O(h^(error_order + 1))``) and ``fsal``. The Runge-Kutta pairs
+    (:class:`~flowode.solvers.rk.EmbeddedRungeKutta`) and the adaptive DPM-Solver are the two kinds.
+
+    Options (besides those of :class:`AdaptiveStepper`):
+        error_norm: ``"batch"`` (default: one error for the whole batch, as torchdiffeq and scipy)
+            or ``"per_sample"`` (every sample has its own level and step size, accepted or rejected
+            on its own error; all unfinished samples advance together in one batched evaluation per
+            stage, at their own noise levels; ``coordinates="sigma"`` only).
+        controller: the :class:`~flowode.control.PIController` (default: the I controller).
+
+    Inner grid levels are output points: the steps are shortened to land on them exactly.
+    """
+
+    error_norm: str = "batch"
+    controller: PIController = field(default_factory=PIController)
+
+    error_order: ClassVar[int] = 1
+    fsal: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.name, "error_norm", self.error_norm, ERROR_NORMS)
+        if self.error_norm == "per_sample" and self.coordinates != "sigma":
+            raise SolverError(f"`coordinates` of {self.name!r} with error_norm='per_sample' must be 'sigma' "
+                              "(per-sample sigma steps).")
+        if not isinstance(self.controller, PIController):
+            raise SolverError(f"`controller` must be a flowode.control.PIController, got {self.controller!r}.")
+
+    @property
+    def per_sample(self) -> bool:
+        return self.error_norm == "per_sample"
+
+    def attempt(self, field: Callable[[Tensor, Any], tuple[Tensor, Prediction]], y: Tensor, s: Any, h: Any,
+                first: tuple[Tensor, Optional[Prediction]], s_stage: Callable[[float], Any]
+                ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """One attempted step of size ``h`` from ``(y, s)`` in the field's coordinates.
+
+        ``field(y, s) -> (dy/ds, prediction)`` is the counted field; ``first`` is ``(dy/ds,
+        prediction)`` at ``(y, s)``, already evaluated (the prediction is ``None`` in per-sample
+        mode); ``s_stage(c)`` is the independent variable at the fraction ``c`` of the step (exact at
+        ``c = 1``: the step may land on an output point). Returns the propagated solution, the local
+        error estimate (a tensor shaped like ``y``) and, for FSAL pairs, ``dy/ds`` at the new solution
+        (else ``None``)."""
+        raise NotImplementedError
 
 
 class MaxNFEError(SolverError):

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..base import Step, Stepper, check_fraction
 from ..registry import register
-from .updates import data_first_order, noise_first_order
+from .updates import data_first_order, dpm_solver_2_update, dpm_solver_3_update, noise_first_order
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
@@ -81,13 +81,9 @@ class DPMSolver2(_TwoStage):
         h = math.log(s / t)
         su = s * math.exp(-self.r1 * h)
         pred = run.predict(x, s)
-        eps_s = pred.eps
-        u = noise_first_order(run.alpha, x, s, su, eps_s)
+        u = noise_first_order(run.alpha, x, s, su, pred.eps)
         eps_u = run.predict(u, su).eps
-        a_s, a_t = run.alpha(s), run.alpha(t)
-        c = a_t * t * math.expm1(h)
-        out = torch.add(x * (a_t / a_s), eps_s, alpha=-c)
-        return Step(out.add(eps_u - eps_s, alpha=-c / (2.0 * self.r1)), None, pred)
+        return Step(dpm_solver_2_update(run.alpha, x, s, t, pred.eps, eps_u, self.r1), None, pred)
 
 
 @register
@@ -112,21 +108,10 @@ class DPMSolver3(_LogSNRStepper):
     r2 = 2.0 / 3.0
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
-        s, t, r1, r2 = sigma, sigma_next, self.r1, self.r2
-        h = math.log(s / t)
-        s1, s2 = s * math.exp(-r1 * h), s * math.exp(-r2 * h)
-        a_s, a_1, a_2, a_t = run.alpha(s), run.alpha(s1), run.alpha(s2), run.alpha(t)
-        pred = run.predict(x, s)
-        eps_s = pred.eps
-        u1 = torch.add(x * (a_1 / a_s), eps_s, alpha=-a_1 * s1 * math.expm1(r1 * h))
-        d1 = run.predict(u1, s1).eps - eps_s
-        phi_12 = math.expm1(r2 * h)
-        u2 = torch.add(x * (a_2 / a_s), eps_s, alpha=-a_2 * s2 * phi_12)
-        u2 = u2.add(d1, alpha=-a_2 * s2 * (r2 / r1) * (phi_12 / (r2 * h) - 1.0))
-        d2 = run.predict(u2, s2).eps - eps_s
-        phi_1 = math.expm1(h)
-        out = torch.add(x * (a_t / a_s), eps_s, alpha=-a_t * t * phi_1)
-        return Step(out.add(d2, alpha=-(a_t * t / r2) * (phi_1 / h - 1.0)), None, pred)
+        pred = run.predict(x, sigma)
+        out, _ = dpm_solver_3_update(run.alpha, x, sigma, sigma_next, pred.eps, lambda u, su: run.predict(u, su).eps,
+                                     self.r1, self.r2)
+        return Step(out, None, pred)
 
 
 @register

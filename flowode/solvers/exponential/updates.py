@@ -30,8 +30,8 @@ from torch import Tensor
 from ...schedules import sigma_to_lambda
 from ..base import SolverError
 
-__all__ = ["noise_first_order", "data_first_order", "dpmpp_multistep_update", "multistep_order", "unip_update",
-           "unic_update", "History", "UNIPC_VARIANTS"]
+__all__ = ["noise_first_order", "data_first_order", "dpm_solver_2_update", "dpm_solver_3_update",
+           "dpmpp_multistep_update", "multistep_order", "unip_update", "unic_update", "History", "UNIPC_VARIANTS"]
 
 History = Sequence[tuple[float, Tensor]]
 Alpha = Callable[[float], float]
@@ -44,6 +44,48 @@ def noise_first_order(alpha: Alpha, x: Tensor, s: float, t: float, eps: Tensor) 
     a_s, a_t = alpha(s), alpha(t)
     h = math.log(s / t)
     return torch.add(x * (a_t / a_s), eps, alpha=-a_t * t * math.expm1(h))
+
+
+def dpm_solver_2_update(alpha: Alpha, x: Tensor, s: float, t: float, eps_s: Tensor, eps_u: Tensor,
+                        r1: float) -> Tensor:
+    """DPM-Solver-2's update (Lu et al. 2022, Algorithm 1) from ``eps_s = eps(x_s)`` and
+    ``eps_u = eps(u)`` at ``lambda_u = lambda_s + r1 h``, ``u = noise_first_order(x_s -> sigma_u)``::
+
+        x_t = (alpha_t/alpha_s) x_s - std_t expm1(h) eps_s - std_t/(2 r1) expm1(h) (eps_u - eps_s)
+    """
+    h = math.log(s / t)
+    a_s, a_t = alpha(s), alpha(t)
+    c = a_t * t * math.expm1(h)
+    out = torch.add(x * (a_t / a_s), eps_s, alpha=-c)
+    return out.add(eps_u - eps_s, alpha=-c / (2.0 * r1))
+
+
+def dpm_solver_3_update(alpha: Alpha, x: Tensor, s: float, t: float, eps_s: Tensor,
+                        eps_at: Callable[[Tensor, float], Tensor], r1: float = 1.0 / 3.0, r2: float = 2.0 / 3.0
+                        ) -> tuple[Tensor, Tensor]:
+    """DPM-Solver-3 (Lu et al. 2022, Algorithm 2): two more evaluations ``eps_at(u, sigma_u)`` at
+    ``lambda_k = lambda_s + r_k h``; returns ``x_t`` and ``eps(u1)`` (which DPM-Solver-2 with
+    ``r1`` shares: the lower solution of the adaptive DPM-Solver-23)::
+
+        u1  = (alpha_1/alpha_s) x_s - std_1 expm1(r1 h) eps_s
+        D1  = eps(u1) - eps_s
+        u2  = (alpha_2/alpha_s) x_s - std_2 expm1(r2 h) eps_s - std_2 (r2/r1) (expm1(r2 h)/(r2 h) - 1) D1
+        D2  = eps(u2) - eps_s
+        x_t = (alpha_t/alpha_s) x_s - std_t expm1(h) eps_s - (std_t/r2) (expm1(h)/h - 1) D2
+    """
+    h = math.log(s / t)
+    s1, s2 = s * math.exp(-r1 * h), s * math.exp(-r2 * h)
+    a_s, a_1, a_2, a_t = alpha(s), alpha(s1), alpha(s2), alpha(t)
+    u1 = torch.add(x * (a_1 / a_s), eps_s, alpha=-a_1 * s1 * math.expm1(r1 * h))
+    eps_1 = eps_at(u1, s1)
+    d1 = eps_1 - eps_s
+    phi_12 = math.expm1(r2 * h)
+    u2 = torch.add(x * (a_2 / a_s), eps_s, alpha=-a_2 * s2 * phi_12)
+    u2 = u2.add(d1, alpha=-a_2 * s2 * (r2 / r1) * (phi_12 / (r2 * h) - 1.0))
+    d2 = eps_at(u2, s2) - eps_s
+    phi_1 = math.expm1(h)
+    out = torch.add(x * (a_t / a_s), eps_s, alpha=-a_t * t * phi_1)
+    return out.add(d2, alpha=-(a_t * t / r2) * (phi_1 / h - 1.0)), eps_1
 
 
 def data_first_order(alpha: Alpha, x: Tensor, s: float, t: float, x0: Tensor) -> Tensor:
