@@ -363,3 +363,14 @@ def test_study_ddpm_vs_ddim_cli(tmp_path):
     assert div[-1] == "eta 0.0 | 0.000 | 0.000"  # the diversity table's DDIM row: deterministic
     for bad in (["--steps", "0"], ["--etas", "2"], ["--samples", "1"]):
         assert main(["study", "ddpm-vs-ddim", *bad, "--out", str(out)]) != 0
+
+
+@pytest.mark.parametrize("solver", ["ddpm", "dpm_solver++_2m_sde"])
+def test_cli_sample_7_is_the_first_7_of_64(tmp_path, solver):
+    """Issue 10: `flowode sample --samples 7` vs `--samples 64` differed (torch's randn and one generator)."""
+    from flowode.cli import main
+
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    for n, out in ((7, a), (64, b)):
+        assert main(["sample", "--samples", str(n), "--solver", solver, "--steps", "10", "--out", str(out)]) == 0
+    assert np.array_equal(np.load(a), np.load(b)[:7])
