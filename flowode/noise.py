@@ -41,6 +41,7 @@ __all__ = ["NoiseSource", "KeyedNoise", "GeneratorNoise", "make_noise", "keyed_n
 #: the time range of the Brownian tree, in ``tau = log sigma``
 TAU_RANGE = (-24.0, 24.0)
 _DEPTH = 38
+_CHUNK = 1 << 16  # elements per sample and hash call: bounds the memory of a path query on large states
 _M32 = 0xFFFFFFFF
 _STREAM_NORMAL, _STREAM_BROWNIAN, _STREAM_PRIOR = 1, 2, 3
 
@@ -144,11 +145,16 @@ class KeyedNoise(NoiseSource):
         seed: a non-negative int.
         indices: the global index of each sample of the batch (default ``0 .. B-1``); a shard of a
             larger run passes its own, so it draws exactly what one process would.
+        path: ``True`` (default): increments of one Brownian path per sample; ``False``: each step's
+            increment is a fresh keyed normal (still batch-invariant, but no path across step counts),
+            at 1/39 of the cost: a path query hashes one normal per tree level and element (measured:
+            0.75 ms per step for 64 two-dimensional samples, 1.3 s for a (16, 3, 64, 64) batch).
     """
 
-    brownian = True
-
-    def __init__(self, seed: int, indices: Optional[Sequence[int]] = None) -> None:
+    def __init__(self, seed: int, indices: Optional[Sequence[int]] = None, path: bool = True) -> None:
+        if not isinstance(path, bool):
+            raise TypeError(f"`path` must be True or False, got {path!r}.")
+        self.brownian = path
         self.seed = _check_seed(seed)
         self.indices = None if indices is None else torch.as_tensor(list(indices), dtype=torch.int64)
         self._cache: dict[tuple[Any, ...], Tensor] = {}
@@ -212,10 +218,19 @@ class KeyedNoise(NoiseSource):
         else:
             f = (tau - a) / (b - a)
             coef = [p + (q - p) * f for p, q in zip(ca, cb)]
-        base = self._base(x, _STREAM_BROWNIAN)
+        base = self._base(x, _STREAM_BROWNIAN).unsqueeze(0)
         ids = torch.tensor(nodes, dtype=torch.int64, device=x.device).view(-1, 1, 1)
-        xi = _normals(_combine(_combine(base.unsqueeze(0), ids), ids >> 32))  # (L, B, numel)
-        w = torch.tensordot(torch.tensor(coef, dtype=torch.float64, device=x.device), xi, dims=1)
+        # the nodes' normals in chunks of levels (a chunk's size depends on the sample's size only), summed
+        # in a fixed order with separate multiplies and adds: the same bits for a sample at any batch size
+        chunk = max(1, _CHUNK // max(1, x[0].numel()))
+        w: Optional[Tensor] = None
+        for lo_level in range(0, len(nodes), chunk):
+            part = ids[lo_level:lo_level + chunk]
+            xi = _normals(_combine(_combine(base, part), part >> 32))  # (levels, B, numel)
+            for j in range(xi.shape[0]):
+                term = xi[j] * coef[lo_level + j]
+                w = term if w is None else w + term
+        assert w is not None
         out = w.view(x.shape)
         if len(self._cache) > 8:
             self._cache.clear()
@@ -224,7 +239,7 @@ class KeyedNoise(NoiseSource):
 
     def increment(self, x: Tensor, sigma: float, sigma_next: float, step: int) -> Tensor:
         lo, hi = TAU_RANGE
-        if not all(0.0 < v < math.inf and lo <= math.log(v) <= hi for v in (sigma, sigma_next)):
+        if not self.brownian or not all(0.0 < v < math.inf and lo <= math.log(v) <= hi for v in (sigma, sigma_next)):
             return self.normal(x, step, -1)  # off the path's range (sigma = inf, or beyond 2.6e10): keyed by step
         t0, t1 = math.log(sigma), math.log(sigma_next)
         if t0 == t1:

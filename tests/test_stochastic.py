@@ -374,3 +374,28 @@ def test_cli_sample_7_is_the_first_7_of_64(tmp_path, solver):
     for n, out in ((7, a), (64, b)):
         assert main(["sample", "--samples", str(n), "--solver", solver, "--steps", "10", "--out", str(out)]) == 0
     assert np.array_equal(np.load(a), np.load(b)[:7])
+
+
+def test_brownian_path_in_chunks_for_large_states(monkeypatch):
+    """Large states hash the tree's levels in chunks (bounded memory); same path, still batch-invariant."""
+    import flowode.noise as fn
+
+    x64 = torch.zeros(64, 2, dtype=torch.float64)
+    whole = KeyedNoise(0).increment(x64, 3.0, 2.0, 0)
+    monkeypatch.setattr(fn, "_CHUNK", 5)  # 2 levels per hash call
+    parts = KeyedNoise(0).increment(x64, 3.0, 2.0, 0)
+    assert torch.allclose(parts, whole, rtol=0, atol=1e-12)
+    assert torch.equal(KeyedNoise(0).increment(x64[:7], 3.0, 2.0, 0), parts[:7])
+    img = torch.zeros(3, 3, 16, 16)
+    assert torch.equal(KeyedNoise(1).increment(img[:1], 3.0, 2.0, 0), KeyedNoise(1).increment(img, 3.0, 2.0, 0)[:1])
+
+
+def test_keyed_noise_without_a_path_is_batch_invariant():
+    model = flowode.analytic.gmm_ring().model(flowode.DiscreteVPSchedule.linear())
+    x = keyed_normal((64, 2), 0, dtype=torch.float64)
+    a = flowode.sample(model, x[:7], steps=10, solver="ddpm", noise=KeyedNoise(3, path=False)).x
+    b = flowode.sample(model, x, steps=10, solver="ddpm", noise=KeyedNoise(3, path=False)).x
+    assert torch.equal(a, b[:7])
+    assert not torch.equal(a, flowode.sample(model, x[:7], steps=10, solver="ddpm", seed=3).x)
+    with pytest.raises(TypeError, match="`path` must be True or False"):
+        KeyedNoise(0, path="yes")
