@@ -20,8 +20,8 @@ for different sizes). The Brownian path is a dyadic Brownian tree (Levy's constr
 ``tau in [-24, 24]`` (``sigma`` from ``4e-11`` to ``2.6e10``) with 38 levels, linear inside a leaf
 (width ``1.7e-10``); the nodes on the way to a query are drawn in one vectorised hash call.
 torchsde's ``BrownianTree`` / ``BrownianInterval`` give the same guarantees with one tree per
-sample, but cost 2-5 ms per query per sample in Python (measured: 64 samples x 1000 steps = 2-5
-minutes, ``benchmarks/stochastic_orders.py``), so flowode keeps its own vectorised tree.
+sample, but cost 1.2-5 ms per query per sample in Python (measured: 64 samples x 1000 steps = 77 s
+to 5 minutes, ``benchmarks/stochastic_orders.py``), so flowode keeps its own vectorised tree.
 
 :class:`GeneratorNoise` (``generator=``) draws from a ``torch.Generator``, or from a list of them,
 one per sample, as diffusers does (then batch-invariant too); its "increments" are fresh normals,
