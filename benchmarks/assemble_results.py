@@ -25,6 +25,8 @@ ORDER = [
     ("flow_matching.md", "Flow matching beside VP: error against NFE on the exact Gaussian-mixture flow (issue 11)"),
     ("diffusers_parity.md", "diffusers schedulers reproduced by from_diffusers_scheduler (issue 11)"),
     ("likelihood.md", "Likelihood through the flow and gradient modes (issue 12)"),
+    ("stochastic.md", "Stochastic samplers: strong and weak orders, keyed noise (issue 13)"),
+    ("ddpm_vs_ddim.md", "DDPM vs DDIM on the ring: the DDIM paper's Table 1 layout (issue 13)"),
 ]
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from .driver import DEFAULT_CHECK_INTERVAL, GradPlan, Hooks, adaptive_loop, fixed_loop
 from .grids import check_grid, resolve_grid, split_grid_options
 from .models import EpsilonModel
+from .noise import NoiseSource, make_noise
 from .recording import Recorder, SaveAt, StepEvent
 from .solvers.base import AdaptiveStepper, SolverError, Stepper
 from .solvers.boundary import check_direction
@@ -174,7 +175,9 @@ def integrate(
     *,
     save_at: SaveAt = None,
     save_trajectory: bool = False,
-    generator: Optional[torch.Generator] = None,
+    generator: Union[None, torch.Generator, Sequence[torch.Generator]] = None,
+    seed: Optional[int] = None,
+    noise: Optional[NoiseSource] = None,
     progress: Any = False,
     callback: Optional[Callable[[StepEvent], Any]] = None,
     grad: Optional[str] = None,
@@ -196,7 +199,14 @@ def integrate(
         save_at: which states to keep (:mod:`flowode.recording`): ``None`` (default), ``"steps"``
             or a sequence of noise levels.
         save_trajectory: the same as ``save_at="steps"``.
-        generator: ``torch.Generator`` used for every random draw (stochastic solvers).
+        generator: ``torch.Generator`` used for every random draw (stochastic solvers), or a list
+            of them, one per sample (as diffusers takes). A single generator's draws depend on the
+            batch size; prefer ``seed``.
+        seed: key every random draw by ``(seed, sample index, step)`` and give each sample one
+            Brownian path (:mod:`flowode.noise`): sample ``i`` is the same at any batch size, and the
+            same path at any step count.
+        noise: a :class:`~flowode.noise.NoiseSource` instead (e.g. ``KeyedNoise(seed, indices=...)``
+            for a shard of a larger run). At most one of ``generator``, ``seed`` and ``noise``.
         progress: ``True`` for a tqdm bar (one update per accepted step), or a bar object.
         callback: called with a :class:`~flowode.recording.StepEvent` after every accepted step.
         grad: ``None`` (default): nothing is differentiable and no autograd graph is kept, even for
@@ -247,7 +257,9 @@ def integrate(
     levels = [float(v) for v in grid.tolist()]
     # a model that clamps x0 maps an Inf network output to a finite state: check its outputs per call
     strict = check_interval == 1 or model.clip_x0 is not None or model.dynamic_threshold is not None
-    run = Run(model, levels, generator=generator, check_calls=strict)
+    source = make_noise(seed, generator, noise, batch=int(x.shape[0]))
+    run = Run(model, levels, generator=generator if isinstance(generator, torch.Generator) else None,
+              check_calls=strict, noise=source)
     if grad == "adjoint":
         run.adjoint_params = tuple(adjoint_params or ())
     stepper.check(run)

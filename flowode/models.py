@@ -346,13 +346,21 @@ class EpsilonModel:
 
     def prior_sample(self, shape: tuple[int, ...], sigma: Optional[float] = None, *,
                      generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-                     device: Union[str, torch.device] = "cpu") -> Tensor:
+                     device: Union[str, torch.device] = "cpu", seed: Optional[int] = None) -> Tensor:
         """Draw the state at ``sigma`` (default ``sigma_max``) from the prior ``N(0, std^2 I)``
         with ``std = alpha * sqrt(1 + sigma^2)`` in ``x`` coordinates (1 for VP, ``sqrt(1+sigma^2)``
-        for VE), ignoring the data variance as the peers do."""
+        for VE), ignoring the data variance as the peers do. ``seed=`` keys the draw by
+        ``(seed, sample index)`` (:func:`flowode.noise.keyed_normal`): sample ``i`` is the same at any
+        batch size, which a ``generator`` does not promise."""
         s = self.schedule.sigma_max if sigma is None else float(sigma)
         alpha = float(self.schedule.alpha_from_sigma(s))
         std = alpha * math.sqrt(1 + s * s) if math.isfinite(s) else 1.0
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("give `seed` or `generator`, not both.")
+            from .noise import keyed_normal
+
+            return keyed_normal(shape, seed, dtype=dtype, device=device) * std
         return torch.randn(shape, generator=generator, dtype=dtype, device=device) * std
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic

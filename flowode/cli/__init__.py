@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: subcommand modules, in the order ``flowode --help`` lists them
-COMMANDS = ["demo", "bench", "plot", "trajectories", "sample", "invert", "likelihood", "train", "solvers"]
+COMMANDS = ["demo", "bench", "plot", "trajectories", "sample", "invert", "likelihood", "train", "solvers",
+            "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     g.add_argument("--steps", type=int, help="number of steps instead of an NFE budget")
     p.add_argument("--spacing", default=None, help="grid spacing (default: the solver's own)")
     p.add_argument("--samples", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed (default 0); the start noise and every stochastic draw are keyed by (seed, sample "
+                        "index), so sample i does not depend on --samples")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--x0-grid", metavar="FILE", help="also save the per-step x0 predictions (image models) as a figure")
     p.add_argument("--out", default="samples.npy", help="output file: .npy, .pt or .png (default samples.npy)")
@@ -93,10 +95,11 @@ def run(args: argparse.Namespace) -> int:
     elif steps is None and nfe is None:
         nfe = 20
     sched = prob.model.schedule
-    x_T = prob.prior(args.samples, sched.sigma_max, args.seed, device)
+    # keyed by (seed, sample index): sample i is the same with --samples 7 and --samples 64
+    x_T = prob.model.prior_sample((args.samples, *prob.shape), sched.sigma_max, seed=args.seed,
+                                  dtype=prob.dtype).to(device)
     sol = sample(prob.model, x_T, steps, nfe=nfe, solver=name, spacing=args.spacing,
-                 save_trajectory=bool(args.x0_grid), generator=torch.Generator(device).manual_seed(args.seed + 1),
-                 **opts)
+                 save_trajectory=bool(args.x0_grid), seed=args.seed + 1, **opts)
     x = sol.x.detach().cpu()
     if ext == ".npy":
         np.save(out, x.numpy())

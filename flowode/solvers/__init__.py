@@ -9,6 +9,7 @@ from . import exponential as _exponential  # noqa: F401  (registers dpm_solver_1
 from . import external as _external  # noqa: F401  (registers dopri5 ... scipy_lsoda)
 from . import multistep as _multistep  # noqa: F401  (registers plms, ipndm, adams_bashforth, deis)
 from . import rk as _rk  # noqa: F401  (registers euler ... rk38, bs23, bs23_per_sample, dp45)
+from . import stochastic as _stochastic  # noqa: F401  (registers euler_maruyama ... dpm_solver++_sde)
 from .base import AdaptiveStepper, MaxNFEError, SolverError, Step, Stepper
 from .boundary import Boundary
 from .registry import SOLVERS, UnknownSolverError, available, get_class, make, register

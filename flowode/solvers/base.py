@@ -105,6 +105,9 @@ class Stepper:
         encodes: can integrate an increasing grid (data to noise).
         default_spacing: the grid spacing it is meant for (``None``: the schedule's).
         differentiable: autograd can backpropagate through its steps (``grad="autograd"``).
+        strong_order, weak_order: for stochastic solvers, the claimed pathwise (strong) and
+            distributional (weak) orders on the reverse SDE (``None``: not defined, e.g. no fixed
+            Brownian path); measured in ``tests/test_stochastic.py``.
     """
 
     name: ClassVar[str] = ""
@@ -117,6 +120,8 @@ class Stepper:
     encodes: ClassVar[bool] = True
     default_spacing: ClassVar[Optional[str]] = None
     differentiable: ClassVar[bool] = True
+    strong_order: ClassVar[Optional[float]] = None
+    weak_order: ClassVar[Optional[float]] = None
 
     # ---------------------------------------------------------------------------------- the step
     def init(self, run: "Run") -> Any:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .boundary import Boundary
     from .run import Run
 
-__all__ = ["DDIM", "DDPM", "ddim_coefficients", "ddim_transfer", "ddim_update"]
+__all__ = ["DDIM", "DDPM", "ddim_coefficients", "ddim_transfer", "ddim_update", "ddim_eta_update"]
 
 
 def ddim_coefficients(alpha: float, alpha_next: float, sigma: float, sigma_next: float) -> tuple[float, float]:
@@ -93,9 +93,13 @@ class DDIM(Stepper):
     eta: float = 0.0
     name = "ddim"
     source = "Song, Meng & Ermon, DDIM, ICLR 2021, eq. 12 (eta in eq. 16)"
+    strong_order = 1.0  # eta > 0: the reverse SDE dxbar = -(1 + eta^2)/2 score dv + eta dW_v (docs/stochastic.md)
+    weak_order = 1.0
+    s_noise = 1.0  # not an option of DDIM; Euler ancestral's
 
     def __post_init__(self) -> None:
-        if isinstance(self.eta, bool) or not (self.eta >= 0 and math.isfinite(self.eta)):
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not (
+                self.eta >= 0 and math.isfinite(self.eta)):
             raise SolverError(f"`eta` must be a finite number >= 0, got {self.eta!r}.")
 
     stochastic = _EtaStochastic()  # type: ignore[assignment]
@@ -112,16 +116,26 @@ class DDIM(Stepper):
         pred = run.predict(x, sigma)
         if self.eta == 0.0 or sigma_next == 0.0:
             return Step(ddim_update(x, pred, sigma, sigma_next, run.alpha), None, pred)
-        a_next = run.alpha(sigma_next)
-        std_next = a_next * sigma_next
-        s_eta = self.eta * std_next * math.sqrt(max(0.0, 1.0 - _ratio_sq(sigma, sigma_next)))
-        if s_eta > std_next:
-            raise SolverError(
-                f"`eta`={self.eta} makes the DDIM noise ({s_eta:.4g}) exceed the noise level "
-                f"({std_next:.4g}) at sigma={sigma_next:.4g}; use eta <= 1."
-            )
-        mean = pred.x0 * a_next + pred.eps * math.sqrt(std_next**2 - s_eta**2)
-        return Step(mean.add(run.randn_like(x), alpha=s_eta), None, pred)
+        return Step(ddim_eta_update(run, x, pred, sigma, sigma_next, self.eta, self.s_noise), None, pred)
+
+
+def ddim_eta_update(run: "Run", x: Tensor, pred: Prediction, sigma: float, sigma_next: float, eta: float,
+                    s_noise: float = 1.0) -> Tensor:
+    """The stochastic DDIM step (eq. 12 with ``sigma_eta`` of eq. 16), ``sigma' > 0``: the mean
+    ``alpha' x0 + sqrt(std'^2 - sigma_eta^2) eps`` plus ``s_noise * sigma_eta`` times the
+    normalised Brownian increment of the step (:meth:`~flowode.solvers.run.Run.brownian`). In
+    ``xbar`` this is k-diffusion's Euler ancestral step: an Euler step to ``sigma_down`` plus
+    ``sigma_up`` noise (``sigma_eta = alpha' sigma_up``)."""
+    a_next = run.alpha(sigma_next)
+    std_next = a_next * sigma_next
+    s_eta = eta * std_next * math.sqrt(max(0.0, 1.0 - _ratio_sq(sigma, sigma_next)))
+    if s_eta > std_next:
+        raise SolverError(
+            f"`eta`={eta} makes the DDIM noise ({s_eta:.4g}) exceed the noise level "
+            f"({std_next:.4g}) at sigma={sigma_next:.4g}; use eta <= 1."
+        )
+    mean = pred.x0 * a_next + pred.eps * math.sqrt(std_next**2 - s_eta**2)
+    return mean.add(run.brownian(x, sigma, sigma_next), alpha=s_eta * s_noise)
 
 
 @register
@@ -139,6 +153,8 @@ class DDPM(Stepper):
     source = "Ho, Jain & Abbeel, DDPM, NeurIPS 2020, eq. 6-7 and Algorithm 2"
     stochastic = True
     encodes = False
+    strong_order = 1.0
+    weak_order = 1.0
 
     def __post_init__(self) -> None:
         check_choice(self.name, "variance", self.variance, ("small", "large"))
@@ -162,4 +178,5 @@ class DDPM(Stepper):
         else:
             a = run.alpha(sigma)
             var = (a * sigma) ** 2 - (a * sigma_next) ** 2 if not math.isinf(sigma) else 1.0
-        return Step(mean.add(run.randn_like(x), alpha=math.sqrt(max(var, 0.0))), None, pred)
+        z = run.randn_like(x) if math.isinf(sigma) else run.brownian(x, sigma, sigma_next)
+        return Step(mean.add(z, alpha=math.sqrt(max(var, 0.0))), None, pred)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..field import ProbabilityFlow
 from ..models import EpsilonModel, Prediction
+from ..noise import GeneratorNoise, NoiseSource
 
 __all__ = ["Run", "BudgetExhausted"]
 
@@ -43,7 +44,9 @@ class Run:
     Attributes:
         model: the model (steppers call :meth:`predict`, not the model).
         grid: the validated grid as Python floats.
-        generator: the ``torch.Generator`` of every random draw (``None``: torch's global RNG).
+        noise: the :class:`~flowode.noise.NoiseSource` of every random draw (``seed=`` keys it by
+            sample index and step; default: a ``torch.Generator`` / torch's global RNG).
+        generator: the ``generator`` it was built from, if any.
         nfe: evaluations so far in this call (every network evaluation, rejected steps included).
         step: index of the step being taken (the driver sets it; error messages name it).
         max_nfe: evaluation budget (adaptive solvers), or ``None``.
@@ -53,10 +56,13 @@ class Run:
     """
 
     def __init__(self, model: EpsilonModel, grid: list[float], *, generator: Optional[torch.Generator] = None,
-                 max_nfe: Optional[int] = None, check_calls: bool = False) -> None:
+                 max_nfe: Optional[int] = None, check_calls: bool = False,
+                 noise: Optional[NoiseSource] = None) -> None:
         self.model = model
         self.grid = grid
         self.generator = generator
+        self.noise = noise if noise is not None else GeneratorNoise(generator)
+        self._draw_at = (-1, 0)  # (step, draws made in it): the draw index of run.randn_like
         self.nfe = 0
         self.step = 0
         self.max_nfe = max_nfe
@@ -79,6 +85,11 @@ class Run:
     def sigma_min(self) -> float:
         """The smallest noise level the model was trained on."""
         return self.model.schedule.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        """The largest noise level the model was trained on."""
+        return self.model.schedule.sigma_max
 
     def predict(self, x: Tensor, sigma: Union[float, Tensor]) -> Prediction:
         """One counted, checked model evaluation (``sigma``: a float, or per-sample ``(B,)`` levels)."""
@@ -109,22 +120,22 @@ class Run:
         return fld
 
     def randn_like(self, x: Tensor) -> Tensor:
-        """Standard normal noise shaped like ``x`` from this run's random stream."""
-        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        """Fresh standard normal noise shaped like ``x``: keyed by ``(seed, sample, step, draw)`` under
+        ``seed=``, the caller's generator otherwise (the k-th call within a step is draw k)."""
+        step, k = self._draw_at
+        k = k if step == self.step else 0
+        self._draw_at = (self.step, k + 1)
+        return self.noise.normal(x, self.step, k)
+
+    def brownian(self, x: Tensor, sigma: float, sigma_next: float) -> Tensor:
+        """The normalised Brownian increment between two finite positive levels (``N(0, I)``, the same
+        path at every step count under ``seed=``; :mod:`flowode.noise`)."""
+        return self.noise.increment(x, sigma, sigma_next, self.step)
 
     def rng_state(self, device: torch.device) -> Any:
         """A snapshot of the random stream (to replay steps exactly)."""
-        if self.generator is not None:
-            return self.generator.get_state()
-        if device.type == "cuda":
-            return torch.cuda.get_rng_state(device)
-        return torch.get_rng_state()
+        return self.noise.state()
 
     def set_rng_state(self, state: Any, device: torch.device) -> None:
-        if self.generator is not None:
-            self.generator.set_state(state)
-        elif device.type == "cuda":
-            torch.cuda.set_rng_state(state, device)
-        else:
-            torch.set_rng_state(state)
-
+        self._draw_at = (-1, 0)
+        self.noise.set_state(state)
