@@ -178,6 +178,11 @@ def likelihood(
         raise ValueError(f"`divergence` must be one of {DIVERGENCES}, got {divergence!r}.")
     sched = model.schedule
     s0 = _check_level("sigma_start", sched.sigma_min if sigma_start is None else sigma_start)
+    if sigma_end is None and math.isinf(sched.sigma_max):
+        raise ValueError(
+            "`sigma_end` must be given for this schedule: it reaches sigma = inf (pure noise, e.g. flow matching "
+            "at t = 1), where the log-SNR flow ends at -inf and cannot be integrated; pass a finite level, e.g. "
+            "sigma_end=500 (t = 0.998 on FlowMatchSchedule), with the prior of that level.")
     s1 = _check_level("sigma_end", sched.sigma_max if sigma_end is None else sigma_end)
     if not s1 > s0:
         raise ValueError(f"`sigma_end`={s1:.6g} must exceed `sigma_start`={s0:.6g}: the likelihood integrates data -> "
