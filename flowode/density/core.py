@@ -35,7 +35,7 @@ from torch import Tensor
 from ..models import EpsilonModel
 from ..solvers.base import SolverError
 from ..solvers.registry import make
-from .dequantize import bits_offset, dequantize
+from .dequantize import bits_offset, dequantize_with_density
 from .divergence import DIVERGENCES, MAX_EXACT_DIM, AugmentedModel, draw_probes
 
 __all__ = ["likelihood", "LikelihoodResult", "gaussian_prior"]
@@ -49,7 +49,8 @@ class LikelihoodResult:
 
     Attributes:
         nats: negative log-likelihood ``-(prior + flow)`` in nats per sample (summed over dimensions).
-        bits_per_dim: ``nats / (D ln 2) + offset``.
+        bits_per_dim: ``(nats + dequantization) / (D ln 2) + offset``: for dequantised data the
+            bound on ``-log2 P(k) / D`` (:mod:`flowode.density.dequantize`).
         prior: ``log p_end(x_end)`` (nats).
         flow: ``log |det d x_end / d x_start|`` (nats); for Hutchinson the mean over the probes.
         stderr: standard error of ``nats`` (Hutchinson: the spread of the ``K`` probe estimates over
@@ -61,6 +62,8 @@ class LikelihoodResult:
         dim: ``D``, the dimensions per sample.
         offset: the bits/dim offset (``log2(L / (hi - lo))``, ``L = 2^bits``, for dequantised data, else 0).
         x: the data the flow started from (dequantised when ``bits`` is given).
+        dequantization: ``log q(u)`` of the dequantisation draw per sample (nats; 0 for uniform
+            dequantisation and for continuous data).
         stats: the driver's statistics of the solve (``accepted``, ``rejected``, ...).
     """
 
@@ -77,6 +80,7 @@ class LikelihoodResult:
     dim: int
     offset: float
     x: Tensor
+    dequantization: Tensor
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -159,6 +163,8 @@ def likelihood(
         levels: instead of ``bits``, the number of quantisation levels ``L`` (``2^bits``; e.g. 17 for
             scikit-learn's digits, ``k / 8 - 1``): offset ``log2(L / (hi - lo))``.
         data_range: ``(lo, hi)`` of the data when ``bits`` / ``levels`` is given.
+        dequantize_with: ``"uniform"`` (default) or ``"truncated_normal"`` (``u ~ N(1/2, 0.25^2)`` on
+            ``[0, 1)``; its ``log q(u)`` enters the bound as ``res.dequantization``).
         **options: solver options (``rtol``, ``atol`` -- default ``1e-5`` each --, ``coordinates``
             ``"sigma"`` / ``"lambda"`` / ``"t"``, ``max_nfe``, ...).
 
@@ -196,6 +202,7 @@ def likelihood(
     d = math.prod(shape)
     offset = 0.0
     x = x0
+    log_q: Optional[Tensor] = None
     if bits is not None:
         if levels is not None:
             raise ValueError("give `bits` or `levels`, not both (levels = 2 ** bits).")
@@ -208,7 +215,7 @@ def likelihood(
         lo, hi = (float(v) for v in data_range)
         if not hi > lo:
             raise ValueError(f"`data_range` must be (lo, hi) with hi > lo, got {data_range!r}.")
-        x = dequantize(x0, levels, (lo, hi), dequantize_with, generator)
+        x, log_q = dequantize_with_density(x0, levels, (lo, hi), dequantize_with, generator)
         offset = bits_offset(levels, (lo, hi))
     if divergence == "exact":
         if d > MAX_EXACT_DIM:
@@ -263,6 +270,8 @@ def likelihood(
     lp = torch.as_tensor(prior_fn(latent, s1)).to(torch.float64).reshape(b)
     nats = -(lp + flow)
     scale = d * math.log(2.0)
-    return LikelihoodResult(nats=nats, bits_per_dim=nats / scale + offset, prior=lp, flow=flow, stderr=stderr,
+    dq = torch.zeros(b, dtype=torch.float64) if log_q is None else log_q.to(torch.float64)
+    return LikelihoodResult(nats=nats, bits_per_dim=(nats + dq) / scale + offset, dequantization=dq,
+                            prior=lp, flow=flow, stderr=stderr,
                             stderr_bpd=stderr / scale, nfe=sol.nfe, sigma_start=s0, sigma_end=s1, latent=latent,
                             dim=d, offset=offset, x=x, stats=sol.stats)
