@@ -63,7 +63,7 @@ def _coerce(solver: str, key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             return int(value)
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-            return int(value)
+            return int(float(value))
         raise _error(solver, key, value, f"an integer{none}, e.g. {key}=2")
     if base is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
