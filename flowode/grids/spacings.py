@@ -104,6 +104,12 @@ def sigma_grid(
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise GridError(f"`steps` must be a positive integer, got {steps!r}.")
     steps = int(steps)
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise GridError(f"`offset` (diffusers' steps_offset) must be an integer >= 0, got {offset!r}: a fractional "
+                        "offset would move every timestep of the grid off the integers the network was trained on.")
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho > 0):
+        raise GridError(f"`rho` (the Karras exponent) must be a finite number > 0, got {rho!r}; Karras et al. "
+                        "use rho=7.")
     spacing = spacing or schedule.default_spacing
     if spacing not in SPACINGS:
         raise GridError(f"unknown `spacing` {spacing!r}; choose one of {', '.join(SPACINGS)}.")
