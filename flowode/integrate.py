@@ -180,11 +180,15 @@ def integrate(
         )
     if stepper.adaptive or not model.check_finite or check_interval == 1:
         _check_state(x)
+    # the solve works on its own copy: a network that writes into its input (caught at that call,
+    # NetworkOutputError) must not reach the caller's tensor; one copy of the state per call
+    x = x.clone()
     levels = [float(v) for v in grid.tolist()]
     # a model that clamps x0 maps an Inf network output to a finite state: check its outputs per call
     strict = check_interval == 1 or model.clip_x0 is not None or model.dynamic_threshold is not None
     run = Run(model, levels, generator=generator, check_calls=strict)
     stepper.check(run)
+    stepper.check_warmup(len(levels) - 1)
     check_direction(levels, stepper.name)
     recorder = Recorder("steps" if save_trajectory and save_at is None else save_at)
     if not stepper.adaptive:
