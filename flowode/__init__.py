@@ -10,7 +10,7 @@ from .adapters import DenoiserModel, from_diffusers
 from .analytic import Gaussian, GaussianMixture, reference_solve
 from .field import ProbabilityFlow
 from .grids import GridError, check_grid, resolve_grid, sigma_grid, sigmas_from_timesteps
-from .integrate import Solution, decode, encode, integrate, sample
+from .integrate import PriorScaleWarning, Solution, decode, encode, integrate, sample
 from .models import EpsilonModel, NetworkOutputError
 from .optimize import load_grid, optimize_grid, save_grid
 from .orders import fit_order
@@ -25,7 +25,7 @@ from .schedules import (
     VESchedule,
     VPSchedule,
 )
-from .solvers import MaxNFEError, SolverError, UnknownSolverError
+from .solvers import MaxNFEError, SolverError, UnknownSolverError, WarmupWarning
 
 # isort: split
 from . import invert
@@ -46,6 +46,7 @@ __all__ = [
     "list_pretrained", "load_pretrained",
     # every error and warning a user may catch
     "GridError", "SolverError", "UnknownSolverError", "MaxNFEError", "NetworkOutputError", "InversionWarning",
+    "WarmupWarning", "PriorScaleWarning",
     # sub-packages
     "analytic", "solvers", "control", "invert", "adapters", "data", "nets", "train",
 ]

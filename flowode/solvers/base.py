@@ -171,14 +171,14 @@ class Stepper:
         on the 8-Gaussian ring: |x| up to 65 for data of radius 2)."""
         w = self.warmup_steps
         if num_steps <= w:
-            import warnings
+            from .._warnings import warn
 
-            warnings.warn(
+            warn(
                 f"solver {self.name!r} spends its first {w} step(s) warming up its history before it runs at "
                 f"order {self.order}, and this grid has only {num_steps} step(s): every step is warm-up and the "
                 f"result may be far off. Use at least {w + 1} steps, or a one-step solver ('ddim', 'heun', "
                 "'dpm_solver_2').",
-                WarmupWarning, stacklevel=4,
+                WarmupWarning,
             )
 
     def describe(self) -> dict[str, Any]:
