@@ -81,7 +81,8 @@ def steps_for_nfe(solver: Any, nfe: int, grid_for_steps: Callable[[int], Tensor]
     while steps <= nfe and cost(steps) is None:  # e.g. linspace + final="min" cannot build one step
         steps += 1
     if steps > nfe:
-        if len({str(e) for e in first_error}) == 1:  # the same for every count (an unknown spacing): that one
+        # the same message for every count (an unknown spacing): that one
+        if len(first_error) > 1 and len({str(e) for e in first_error}) == 1:
             raise first_error[0]
         raise GridError(f"`nfe`={nfe} is too small for solver {solver.name!r} on this spacing: no step count up to "
                         f"{nfe} builds a grid ({first_error[0]}). Give a larger `nfe`, or `steps`.")
