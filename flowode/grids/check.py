@@ -65,7 +65,7 @@ def _as_float64(sigmas: Any, name: str) -> tuple[Tensor, bool]:
         except ValueError as exc:  # ragged nested lists
             raise GridError(f"`{name}` must be a 1-D sequence of noise levels; {str(exc).rstrip('.')}.") from None
         ok = arr.dtype.kind in "iu" or arr.dtype in (np.float32, np.float64)
-        kind = str(arr.dtype)
+        kind = {"U": "str (strings)", "S": "bytes", "O": "object"}.get(arr.dtype.kind, str(arr.dtype))
         single = arr.dtype == np.float32
     if not ok:
         raise GridError(
