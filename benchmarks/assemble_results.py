@@ -21,6 +21,7 @@ ORDER = [
     ("inversion.md", "Encode/decode round trips (issue 5)"),
     ("edict_precision.md", "EDICT in float32: round-off and its cause (issue 5)"),
     ("bench.md", "Benchmark engine example (issue 4)"),
+    ("reliability_api.md", "Python API reliability: budget search and the copy of the start state (issue 10)"),
 ]
 
 

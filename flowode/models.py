@@ -58,10 +58,13 @@ class EpsilonModel:
     Args:
         fn: the network. It receives the state ``x`` (model coordinates, i.e. ``alpha * xbar``
             for VP) and ``t``, a 1-D tensor with one native timestep per sample (the state's dtype
-            and device), and returns a tensor shaped like ``x``.
+            and device), and returns a floating-point tensor shaped like ``x`` (another float dtype
+            is cast to ``x``'s; an integer or boolean output is a :class:`NetworkOutputError`). It
+            must not write into ``x``: the solver still needs it, and a call that does is a
+            :class:`NetworkOutputError` naming the step.
         schedule: the :class:`~flowode.schedules.Schedule` the network was trained with.
         prediction: what ``fn`` returns: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"score"``.
-        clip_x0: optional ``(low, high)``; the x0 prediction is clamped to it and ``eps`` is
+        clip_x0: optional ``(low, high)`` with ``low < high``; the x0 prediction is clamped to it and ``eps`` is
             recomputed from the clamped x0 (DDPM's ``clip_denoised``).
         dynamic_threshold: optional percentile ``p`` in (0, 1); Imagen's dynamic thresholding
             (Saharia et al. 2022, sec. 2.3): ``s = max(1, quantile(|x0|, p))``, ``x0 <- clamp(x0, -s, s)/s``.
