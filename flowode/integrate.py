@@ -218,9 +218,6 @@ def integrate(
         )
     if stepper.adaptive or not model.check_finite or check_interval == 1:
         _check_state(x)
-    # the solve works on its own copy: a network that writes into its input (caught at that call,
-    # NetworkOutputError) must not reach the caller's tensor; one copy of the state per call
-    x = x.clone()
     levels = [float(v) for v in grid.tolist()]
     # a model that clamps x0 maps an Inf network output to a finite state: check its outputs per call
     strict = check_interval == 1 or model.clip_x0 is not None or model.dynamic_threshold is not None
@@ -234,6 +231,10 @@ def integrate(
         recorder.check_levels(levels)
     with _grad_context(grad), _progress(progress, None if stepper.adaptive else len(levels) - 1, stepper.name) as bar:
         hooks = Hooks(recorder, bar, callback)
+        # the solve works on its own copy: a network that writes into its input (caught at that call,
+        # NetworkOutputError) must not reach the caller's tensor; one copy of the state per call
+        # (under the grad mode: with grad=None the copy keeps no graph either)
+        x = x.clone()
         if isinstance(stepper, AdaptiveStepper):
             out, stats = adaptive_loop(run, stepper, x, hooks)
         else:

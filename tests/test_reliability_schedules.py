@@ -123,6 +123,7 @@ def test_out_of_range_message_prints_enough_digits():
     (dict(spacing="leading", offset=-1), r"`offset` .* must be an integer >= 0, got -1"),
     (dict(spacing="karras", rho=0), r"`rho` .* must be a finite number > 0, got 0"),
     (dict(spacing="karras", rho=math.inf), r"`rho` .* must be a finite number > 0, got inf"),
+    (dict(spacing="karras", rho=1e-3), r"`rho`=0.001 is too small .* overflows. Use rho >= 1"),  # found by test_fuzz
 ])
 def test_bad_grid_keywords(kwargs, pattern):
     with pytest.raises(GridError, match=pattern):

@@ -159,8 +159,14 @@ def sigma_grid(
         if not math.isfinite(smax):
             raise GridError("spacing 'karras' needs a finite sigma_max; pass `sigma_max=`.")
         ramp = torch.linspace(0.0, 1.0, n_levels, dtype=torch.float64)
-        lo, hi = smin ** (1 / rho), smax ** (1 / rho)
+        try:
+            lo, hi = smin ** (1 / rho), smax ** (1 / rho)
+        except OverflowError:
+            lo = hi = math.inf
         levels = (hi + ramp * (lo - hi)) ** rho
+        if not (math.isfinite(hi) and bool(torch.isfinite(levels).all())):
+            raise GridError(f"`rho`={rho!r} is too small for the range [{smin:.6g}, {smax:.6g}]: sigma^(1/rho) "
+                            "overflows. Use rho >= 1 (Karras et al. use rho=7).")
     if n_levels > 1:  # pin the ends exactly (no round-off at the range limits)
         levels[0], levels[-1] = smax, smin
     if final == "zero":
