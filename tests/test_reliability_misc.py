@@ -97,3 +97,18 @@ def test_reference_solve_still_takes_the_range_and_analytic_models_anywhere():
     flowode.reference_solve(NET, x, SCHED.sigma_max, 0.0, rtol=1e-6, atol=1e-6)
     out = flowode.reference_solve(G.model(SCHED), x * 500, 500.0, 1e-4, rtol=1e-9, atol=1e-9)
     assert torch.allclose(out, G.flow(x * 500, 500.0, 1e-4, SCHED), rtol=0, atol=1e-6)
+
+
+def test_fixed_point_inversion_of_a_float16_state_does_not_crash_lapack():
+    """Found by tests/test_fuzz.py: a float16 residual overflowed, and the Anderson least squares got
+    NaN/Inf and failed inside LAPACK ("INTERNAL ASSERT FAILED ... illegal value")."""
+    sched = flowode.CosineVPSchedule()
+    exact = G.model(sched)
+    model = flowode.EpsilonModel(lambda x, t: x, sched)
+    model.per_sample_network = True
+    model.network = lambda x, sigma: exact.network(x.double(), sigma).to(x.dtype)
+    x = torch.tensor([[1.5410, -0.2935], [-2.1797, 0.5684], [-1.0850, -1.3984]], dtype=torch.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rt = flowode.roundtrip(model, x, 1, "fixed_point", reference=False)
+    assert rt.latent.dtype == torch.float16 and torch.isfinite(rt.latent).all()
