@@ -164,6 +164,7 @@ def integrate(
     callback: Optional[Callable[[StepEvent], Any]] = None,
     grad: Optional[str] = None,
     check_interval: int = DEFAULT_CHECK_INTERVAL,
+    check_prior: bool = True,
     **options: Any,
 ) -> Solution:
     """Integrate the probability-flow ODE (or a stochastic sampler) of ``model`` along ``sigmas``.
@@ -191,6 +192,10 @@ def integrate(
             clamp would turn an Inf output into a finite state). Adaptive solvers check every
             output. ``EpsilonModel(check_finite=False)`` turns off the checks of network outputs
             and of the state (the input ``x`` is still checked once).
+        check_prior: warn (:class:`PriorScaleWarning`) when a solve towards the data starts at
+            ``sigma >= 10`` from a state whose RMS is more than 4 times off the prior's standard
+            deviation there (an EDM model from ``randn``, a VP model from ``sigma_max * randn``).
+            ``False`` for a start state that is not a prior draw (a latent from an encode).
         **options: the solver's options (e.g. ``eta=0.5``, ``coordinates="lambda"``, ``rtol=1e-5``).
 
     Returns:
@@ -224,7 +229,8 @@ def integrate(
     run = Run(model, levels, generator=generator, check_calls=strict)
     stepper.check(run)
     stepper.check_warmup(len(levels) - 1)
-    _check_start_scale(model, x, levels)
+    if check_prior:
+        _check_start_scale(model, x, levels)
     check_direction(levels, stepper.name)
     recorder = Recorder("steps" if save_trajectory and save_at is None else save_at)
     if not stepper.adaptive:

@@ -112,3 +112,14 @@ def test_fixed_point_inversion_of_a_float16_state_does_not_crash_lapack():
         warnings.simplefilter("ignore")
         rt = flowode.roundtrip(model, x, 1, "fixed_point", reference=False)
     assert rt.latent.dtype == torch.float16 and torch.isfinite(rt.latent).all()
+
+
+def test_check_prior_false_and_round_trips_do_not_warn():
+    edm = G.model(flowode.EDMSchedule())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PriorScaleWarning)
+        warnings.simplefilter("ignore", flowode.InversionWarning)
+        flowode.sample(edm, randn(64, 2), steps=3, check_prior=False)
+        flowode.decode(edm, randn(64, 2), steps=3, check_prior=False)
+        flowode.roundtrip(edm, 0.01 * randn(64, 2), 2, "ddim", reference=False)  # decodes a latent, not a prior draw
+        flowode.roundtrip(edm, 0.01 * randn(64, 2), 2, "fixed_point", reference=False)
