@@ -241,10 +241,18 @@ def integrate(
         # NetworkOutputError) must not reach the caller's tensor; one copy of the state per call
         # (under the grad mode: with grad=None the copy keeps no graph either)
         x = x.clone()
-        if isinstance(stepper, AdaptiveStepper):
-            out, stats = adaptive_loop(run, stepper, x, hooks)
-        else:
-            out, stats = fixed_loop(run, stepper, x, hooks, check_interval)
+        try:
+            if isinstance(stepper, AdaptiveStepper):
+                out, stats = adaptive_loop(run, stepper, x, hooks)
+            else:
+                out, stats = fixed_loop(run, stepper, x, hooks, check_interval)
+        except RuntimeError as exc:  # a step coefficient the state's dtype cannot hold (take_step names the step)
+            if "without overflow" not in str(exc):
+                raise
+            raise SolverError(
+                f"solver {stepper.name!r} needs a coefficient that a {str(x.dtype).replace('torch.', '')} state cannot "
+                f"hold ({exc}). Integrate a float32 state (pass `x` as x.float()), or take more, smaller steps."
+            ) from None
     trajectory, traj_sigmas, denoised = recorder.result()
     return Solution(x=out, nfe=run.nfe, sigmas=grid, solver=stepper.name, trajectory=trajectory,
                     trajectory_sigmas=traj_sigmas, denoised=denoised, stats={"steps": len(levels) - 1, **stats})

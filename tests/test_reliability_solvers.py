@@ -57,3 +57,19 @@ def test_nfe_dry_runs_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", WarmupWarning)
         assert make("plms").nfe(flowode.sigma_grid(SCHED, 2).tolist(), SCHED) == 5
+
+
+def test_float16_coefficient_overflow_is_a_solver_error():
+    """Found by tests/test_fuzz.py: a 4-step float16 encode to sigma 118.8 (cosine VP) needs an
+    Adams-Bashforth weight above float16's 65504, and torch raised "value cannot be converted to type
+    c10::Half without overflow" from inside the step."""
+    sched = flowode.CosineVPSchedule()
+    exact = flowode.Gaussian([0.5, -0.5], [0.5, 1.0]).model(sched)
+    model = flowode.EpsilonModel(lambda x, t: x, sched)
+    model.per_sample_network = True
+    model.network = lambda x, sigma: exact.network(x.double(), sigma).to(x.dtype)
+    x = torch.tensor([[1.5410, -0.2935]], dtype=torch.float16)
+    with pytest.raises(flowode.SolverError, match=r"solver 'adams_bashforth' needs a coefficient that a float16 state "
+                                                  r"cannot hold .*pass `x` as x.float\(\)"):
+        flowode.encode(model, x, 4, solver="adams_bashforth")
+    assert torch.isfinite(flowode.encode(model, x.float(), 4, solver="adams_bashforth").x).all()
