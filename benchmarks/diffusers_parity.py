@@ -101,7 +101,8 @@ def main() -> None:
         "",
         f"{len(rows)} configs, {seconds:.0f} s. Refused by name (not approximated): DDIM/Heun `clip_sample`, "
         "`thresholding`, DDIM grids whose step `t - N // steps` is not the next timestep (e.g. `linspace`), "
-        "the SDE and noise-prediction DPM-Solver variants, UniPC `bh1` to sigma = 0 (NaN in diffusers), "
+        "the SDE DPM-Solver variants, the noise-prediction multistep DPM-Solver, singlestep `solver_type='heun'`, "
+        "UniPC `bh1` to sigma = 0 (NaN in diffusers), "
         "`disable_corrector`, PNDM with v-prediction, stochastic / inverted flow-matching sampling, and every "
         "scheduler not listed.",
         "",

@@ -18,6 +18,7 @@ diffusers                          flowode                state conversion
 ``DDIMScheduler``                  ``ddim``               none (VP state)
 ``DPMSolverMultistepScheduler``    ``dpm_solver++_2m`` /  none (VP state)
                                    ``_3m`` (reference)
+``DPMSolverSinglestepScheduler``   dpm_solver_singlestep  none (VP state); ``get_order_list`` groups
 ``UniPCMultistepScheduler``        ``unipc``              none (VP state)
 ``DEISMultistepScheduler``         ``deis`` (log-rho)     none (VP state)
 ``HeunDiscreteScheduler``          ``heun`` in sigma      as Euler (its last step, to 0, is Euler's)
@@ -548,7 +549,35 @@ def _dpm_multistep(scheduler: Any) -> DiffusersPlan:
     raise UnsupportedScheduler(f"{name}(solver_order={order}) is not reproduced (orders 1, 2 and 3 are).")
 
 
+def _dpm_singlestep(scheduler: Any) -> DiffusersPlan:
+    """diffusers' singlestep DPM-Solver(++): the grid's steps grouped by ``get_order_list``, each group
+    one singlestep step whose intermediate points are the grid's levels (``dpm_solver_singlestep``)."""
+    name = "DPMSolverSinglestepScheduler"
+    _refuse_if(scheduler, "algorithm_type", ("sde-dpmsolver++",), "the SDE variant is not reproduced (its noise "
+               "draws are not an ODE step); algorithm_type 'dpmsolver++' and 'dpmsolver' are.")
+    _refuse_if(scheduler, "solver_type", ("heun",), "only solver_type='midpoint' is implemented for the singlestep "
+               "groups.")
+    _refuse_if(scheduler, "thresholding", None, _NO_THRESHOLD)
+    _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on DPMSolverSinglestepScheduler are not reproduced.")
+    _refuse_if(scheduler, "variance_type", ("learned", "learned_range"), "learned variances are not reproduced.")
+    schedule = diffusers_schedule(scheduler)
+    ts = _timesteps(scheduler)
+    sigmas, kept = _vp_sigmas(scheduler, schedule, ts)
+    if len(kept) != len(ts):
+        raise UnsupportedScheduler(
+            f"{name}(final_sigmas_type='sigma_min') after sigmas that already end at sigma_min: its last step "
+            "repeats the final level, and a singlestep group's update from its start does not leave the state "
+            "there unchanged, which is no step of an ODE grid. Use final_sigmas_type='zero'.")
+    table = TimestepTable(schedule, sigmas[:-1], ts)
+    opts = {"solver_order": int(_cfg(scheduler, "solver_order", 2)),
+            "algorithm": _cfg(scheduler, "algorithm_type", "dpmsolver++"),
+            # set_timesteps turns lower_order_final on where diffusers cannot run without it
+            "lower_order_final": bool(_cfg(scheduler, "lower_order_final", False))}
+    return DiffusersPlan(name, sigmas, ts, "dpm_solver_singlestep", table, _prediction(scheduler), opts)
+
+
 _PLANS = {
+    "DPMSolverSinglestepScheduler": _dpm_singlestep,
     "DDPMScheduler": _ddpm,
     "DEISMultistepScheduler": _deis,
     "HeunDiscreteScheduler": _heun,
@@ -565,7 +594,7 @@ _PLANS = {
 }
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
-NOT_YET = ("DPMSolverSinglestepScheduler",)
+NOT_YET: tuple[str, ...] = ()
 
 
 def from_diffusers_scheduler(scheduler: Any) -> DiffusersPlan:
