@@ -101,7 +101,7 @@ def main() -> None:
         "",
         f"{len(rows)} configs, {seconds:.0f} s. Refused by name (not approximated): DDIM/Heun `clip_sample`, "
         "DDIM `thresholding`, DDIM grids whose step `t - N // steps` is not the next timestep (e.g. `linspace`), "
-        "the SDE DPM-Solver variants, the noise-prediction multistep DPM-Solver, singlestep `solver_type='heun'`, "
+        "the SDE DPM-Solver variants, the noise-prediction multistep DPM-Solver, "
         "UniPC `bh1` to sigma = 0 (NaN in diffusers), "
         "`disable_corrector`, PNDM with v-prediction, stochastic / inverted flow-matching sampling, and every "
         "scheduler not listed.",

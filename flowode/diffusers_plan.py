@@ -566,8 +566,6 @@ def _dpm_singlestep(scheduler: Any) -> DiffusersPlan:
     name = "DPMSolverSinglestepScheduler"
     _refuse_if(scheduler, "algorithm_type", ("sde-dpmsolver++",), "the SDE variant is not reproduced (its noise "
                "draws are not an ODE step); algorithm_type 'dpmsolver++' and 'dpmsolver' are.")
-    _refuse_if(scheduler, "solver_type", ("heun",), "only solver_type='midpoint' is implemented for the singlestep "
-               "groups.")
     if _cfg(scheduler, "thresholding") and _cfg(scheduler, "algorithm_type") == "dpmsolver":
         raise UnsupportedScheduler(f"{name}(algorithm_type='dpmsolver', thresholding=True) is not reproduced: "
                                    "diffusers' noise-form threshold reads alpha_t[timestep] with the timestep it "
@@ -586,7 +584,8 @@ def _dpm_singlestep(scheduler: Any) -> DiffusersPlan:
     opts = {"solver_order": int(_cfg(scheduler, "solver_order", 2)),
             "algorithm": _cfg(scheduler, "algorithm_type", "dpmsolver++"),
             # set_timesteps turns lower_order_final on where diffusers cannot run without it
-            "lower_order_final": bool(_cfg(scheduler, "lower_order_final", False))}
+            "lower_order_final": bool(_cfg(scheduler, "lower_order_final", False)),
+            "solver_type": _cfg(scheduler, "solver_type", "midpoint")}
     return DiffusersPlan(name, sigmas, ts, "dpm_solver_singlestep", table, _prediction(scheduler), opts,
                          _threshold(scheduler))
 

@@ -95,6 +95,9 @@ CASES = [
                                           prediction_type="v_prediction"), 8),
     ("DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min",
                                           lower_order_final=True), 8),
+    ("DPMSolverSinglestepScheduler", dict(solver_type="heun", solver_order=3, use_karras_sigmas=True), 10),
+    ("DPMSolverSinglestepScheduler", dict(solver_type="heun", algorithm_type="dpmsolver", solver_order=3,
+                                          final_sigmas_type="sigma_min", prediction_type="v_prediction"), 9),
     ("UniPCMultistepScheduler", dict(), 10),
     # thresholding=True: diffusers' _threshold_sample is the model's dynamic_threshold(_max)
     ("DPMSolverMultistepScheduler", dict(thresholding=True, sample_max_value=3.0, dynamic_thresholding_ratio=0.9), 8),
@@ -255,7 +258,6 @@ def test_from_diffusers_flow_matching_network():
     ("DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min",
                                           thresholding=True), 6, "thresholding"),
     ("DDPMScheduler", dict(variance_type="learned"), 5, "variance_type"),
-    ("DPMSolverSinglestepScheduler", dict(solver_type="heun"), 6, "solver_type"),
     ("DPMSolverSinglestepScheduler", dict(algorithm_type="sde-dpmsolver++"), 6, "algorithm_type"),
     ("DPMSolverSinglestepScheduler", dict(use_karras_sigmas=True, final_sigmas_type="sigma_min"), 6, "sigma_min"),
     ("PNDMScheduler", dict(prediction_type="v_prediction"), 6, "prediction_type"),

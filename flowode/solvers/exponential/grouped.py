@@ -13,12 +13,15 @@ update *from the group's start*:
 * position 3: the last line of DPM-Solver-3 (Lu et al. 2022, Algorithm 2) from the evaluations at ``s``
   and ``sigma_{i+2}`` (``r2 = (lambda_{i+2} - lambda_s) / h``), or its data-prediction form.
 
-These are the "midpoint" updates of diffusers and of the reference code. The method is third order
-when the group's levels are at 1/3 and 2/3 of the group in ``lambda`` (DPM-Solver-3's ``r1, r2``,
-e.g. on a ``logsnr`` grid: measured 3.01 / 2.94 in tests/test_exponential.py); on other grids the
-order-3 groups are second order, and their error need not fall monotonically with the step count (on a
-``trailing`` zero-terminal-SNR grid it depends on how the groups fall: measured 1.3e-4 at 128 steps,
-1.5e-4 at 256, 3.4e-5 at 512), which is why the default is ``solver_order=2``, as diffusers'. The formulas are
+These are the "midpoint" updates of diffusers and of the reference code; ``solver_type="heun"`` takes
+the Taylor form through all of the group's points instead. With ``"midpoint"`` the
+order-3 groups are third order when the group's levels are at 1/3 and 2/3 of the group in ``lambda``
+(DPM-Solver-3's ``r1, r2``), or tend to those fractions as the grid refines (a ``logsnr`` grid, any
+smooth grid: measured 3.01 data / 2.94 noise in tests/test_singlestep_grouped.py); at other fixed
+fractions they are second order, and ``"heun"`` order-3 groups are second order at any fractions (the
+same file). Their error need not fall monotonically with the step count (on a ``trailing``
+zero-terminal-SNR grid it depends on how the groups fall: measured 1.3e-4 at 128 steps, 1.5e-4 at 256,
+3.4e-5 at 512), which is why the default is ``solver_order=2``, as diffusers'. The formulas are
 those of :mod:`.updates`; this file holds only the grouping.
 """
 
@@ -41,6 +44,7 @@ from .updates import (
     dpmpp_3s_final,
     noise_first_order,
     singlestep_orders,
+    singlestep_taylor_update,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,6 +65,9 @@ class DPMSolverGrouped(Stepper):
         algorithm: ``"dpmsolver++"`` (data prediction, default) or ``"dpmsolver"`` (noise prediction).
         lower_order_final: group as diffusers' ``get_order_list`` with ``lower_order_final=True``
             (default; the last group is shortened); ``False``: groups of ``order`` and a shorter last one.
+        solver_type: ``"midpoint"`` (default; the updates above) or ``"heun"``: the Taylor form with the
+            derivatives from divided differences of all the group's points
+            (:func:`.updates.singlestep_taylor_update`; diffusers' ``solver_type="heun"``).
 
     The solver state is the group: its start state and level and the ``(sigma, prediction)`` points
     evaluated in it. ``stats["orders"]`` lists each step's position in its group. A step to
@@ -71,6 +78,7 @@ class DPMSolverGrouped(Stepper):
     solver_order: int = 2
     algorithm: str = "dpmsolver++"
     lower_order_final: bool = True
+    solver_type: str = "midpoint"
 
     name = "dpm_solver_singlestep"
     order = 2  # of the default solver_order=2; solver_order=3 is third order on logsnr grids
@@ -84,6 +92,7 @@ class DPMSolverGrouped(Stepper):
         check_choice(self.name, "solver_order", self.solver_order, (1, 2, 3))
         check_choice(self.name, "algorithm", self.algorithm, ALGORITHMS)
         check_choice(self.name, "lower_order_final", self.lower_order_final, (True, False))
+        check_choice(self.name, "solver_type", self.solver_type, ("midpoint", "heun"))
 
     def init(self, run: "Run") -> Any:
         return None  # no group open
@@ -96,23 +105,26 @@ class DPMSolverGrouped(Stepper):
         pred = run.predict(x, sigma)
         m = pred.x0 if self.algorithm == "dpmsolver++" else pred.eps
         p = plan[run.step - skip]
-        points: tuple[Tensor, ...]
+        points: tuple[tuple[float, Tensor], ...]
         if p == 1 or state is None:  # a new group starts here
-            start, s, points = x, sigma, (m,)
+            start, s, points = x, sigma, ((sigma, m),)
         else:  # the group's start and its earlier points (fewer after a restart: a lower order)
             start, s, earlier = state
-            points = tuple(earlier[-(p - 1):]) + (m,)
+            points = tuple(earlier[-(p - 1):]) + ((sigma, m),)
         p = len(points)
         data = self.algorithm == "dpmsolver++"
+        ms = [pt[1] for pt in points]
         if p == 1:
             out = (data_first_order if data else noise_first_order)(run.alpha, start, s, sigma_next, m)
         else:
-            h = float(sigma_to_lambda(sigma_next) - sigma_to_lambda(s))
-            r = float(sigma_to_lambda(sigma) - sigma_to_lambda(s)) / h
-            if p == 2:
+            lam_s, h = float(sigma_to_lambda(s)), float(sigma_to_lambda(sigma_next) - sigma_to_lambda(s))
+            rs = [(float(sigma_to_lambda(v)) - lam_s) / h for v, _ in points[1:]]
+            if self.solver_type == "heun":
+                out = singlestep_taylor_update(run.alpha, start, s, sigma_next, ms, rs, data)
+            elif p == 2:
                 out = (dpmpp_2s_update if data else dpm_solver_2_update)(run.alpha, start, s, sigma_next,
-                                                                         points[0], points[1], r)
+                                                                         ms[0], ms[1], rs[0])
             else:
                 out = (dpmpp_3s_final if data else dpm_solver_3_final)(run.alpha, start, s, sigma_next,
-                                                                       points[0], points[2], r)
+                                                                       ms[0], ms[2], rs[1])
         return Step(out, (start, s, points), pred, None, {"orders": p})

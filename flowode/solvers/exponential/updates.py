@@ -31,7 +31,8 @@ from ...schedules import sigma_to_lambda
 from ..base import SolverError
 
 __all__ = ["noise_first_order", "data_first_order", "dpm_solver_2_update", "dpm_solver_3_update",
-           "dpm_solver_3_final", "dpmpp_2s_update", "dpmpp_3s_final", "singlestep_orders",
+           "dpm_solver_3_final", "dpmpp_2s_update", "dpmpp_3s_final", "singlestep_taylor_update",
+           "singlestep_orders",
            "dpmpp_multistep_update", "multistep_order", "unip_update", "unic_update", "History", "UNIPC_VARIANTS"]
 
 History = Sequence[tuple[float, Tensor]]
@@ -134,6 +135,47 @@ def dpmpp_3s_final(alpha: Alpha, x: Tensor, s: float, t: float, x0_s: Tensor, x0
     phi_1 = math.expm1(-h)
     out = torch.add(x * ((a_t * t) / (a_s * s)), x0_s, alpha=-a_t * phi_1)
     return out.add(x0_2 - x0_s, alpha=(a_t / r2) * (phi_1 / h + 1.0))
+
+
+def singlestep_taylor_update(alpha: Alpha, x: Tensor, s: float, t: float, ms: Sequence[Tensor],
+                             rs: Sequence[float], data: bool) -> Tensor:
+    """A singlestep update of order ``len(ms)`` (2 or 3) whose model outputs ``ms`` (x0 with ``data``,
+    else eps) are at ``lambda_s + r h`` for ``r = 0, *rs`` (``rs`` increasing in ``(0, 1]``): the
+    Taylor (exponential-integral) form of Lu et al. 2022 / 2022b with the derivatives from divided
+    differences, the ``solver_type="heun"`` updates of diffusers' singlestep DPM-Solver. In a group whose
+    intermediate states come from lower-order updates (first order at ``r1``) the order-3 update is
+    second order: the first point's ``O(h^2)`` error enters ``D1`` with an ``O(h)`` weight
+    (measured in tests/test_singlestep_grouped.py). With
+    ``D1 = (m1 - m0)/r1`` (order 2), or ``Da = (m1 - m0)/r1``, ``Db = (m2 - m0)/r2``,
+    ``D1 = (r2 Da - r1 Db)/(r2 - r1)``, ``D2 = 2 (Db - Da)/(r2 - r1)`` (order 3)::
+
+        data:  x_t = (std_t/std_s) x_s - alpha_t phi m0 + alpha_t (phi/h + 1) D1 - alpha_t ((phi + h)/h^2 - 1/2) D2,
+               phi = expm1(-h)
+        noise: x_t = (alpha_t/alpha_s) x_s - std_t phi m0 - std_t (phi/h - 1) D1 - std_t ((phi - h)/h^2 - 1/2) D2,
+               phi = expm1(h)
+    """
+    h = math.log(s / t)
+    a_s, a_t = alpha(s), alpha(t)
+    m0 = ms[0]
+    if len(ms) == 2:
+        d1, d2 = (ms[1] - m0) / rs[0], None
+    elif len(ms) == 3:
+        r1, r2 = rs
+        da, db = (ms[1] - m0) / r1, (ms[2] - m0) / r2
+        d1 = (da * r2 - db * r1) / (r2 - r1)
+        d2 = (db - da) * (2.0 / (r2 - r1))
+    else:
+        raise SolverError(f"the singlestep Taylor update takes 2 or 3 model outputs, got {len(ms)}.")
+    if data:
+        phi = math.expm1(-h)
+        out = torch.add(x * ((a_t * t) / (a_s * s)), m0, alpha=-a_t * phi)
+        out = out.add(d1, alpha=a_t * (phi / h + 1.0))
+        return out if d2 is None else out.add(d2, alpha=-a_t * ((phi + h) / (h * h) - 0.5))
+    phi = math.expm1(h)
+    std_t = a_t * t
+    out = torch.add(x * (a_t / a_s), m0, alpha=-std_t * phi)
+    out = out.add(d1, alpha=-std_t * (phi / h - 1.0))
+    return out if d2 is None else out.add(d2, alpha=-std_t * ((phi - h) / (h * h) - 0.5))
 
 
 def singlestep_orders(order: int, n: int, lower_order_final: bool, final_zero: bool) -> list[int]:
