@@ -59,7 +59,7 @@ def one(name: str, config: dict, steps: int, net) -> tuple[float, float, str]:
         else:
             ref = diffusers_loop(sched, fn, latents)
             out = plan.run(fn if net is None else net, latents)
-    opts = ", ".join(f"{k}={v}" for k, v in plan.options.items())
+    opts = ", ".join(f"{k}={v}" for k, v in {**plan.options, **plan.model_kwargs}.items())
     return float((out - ref).abs().max()), float(ref.abs().max()), f"`{plan.solver}`" + (f" ({opts})" if opts else "")
 
 
@@ -100,8 +100,9 @@ def main() -> None:
         f"(at most {rel_max:.1e}). The tests assert every difference below 2e-5 * max(1, max |output|).",
         "",
         f"{len(rows)} configs, {seconds:.0f} s. Refused by name (not approximated): DDIM/Heun `clip_sample`, "
-        "`thresholding`, DDIM grids whose step `t - N // steps` is not the next timestep (e.g. `linspace`), "
-        "the SDE and noise-prediction DPM-Solver variants, UniPC `bh1` to sigma = 0 (NaN in diffusers), "
+        "DDIM `thresholding`, DDIM grids whose step `t - N // steps` is not the next timestep (e.g. `linspace`), "
+        "the SDE DPM-Solver variants, the noise-prediction multistep DPM-Solver, "
+        "UniPC `bh1` to sigma = 0 (NaN in diffusers), "
         "`disable_corrector`, PNDM with v-prediction, stochastic / inverted flow-matching sampling, and every "
         "scheduler not listed.",
         "",

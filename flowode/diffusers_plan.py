@@ -18,6 +18,7 @@ diffusers                          flowode                state conversion
 ``DDIMScheduler``                  ``ddim``               none (VP state)
 ``DPMSolverMultistepScheduler``    ``dpm_solver++_2m`` /  none (VP state)
                                    ``_3m`` (reference)
+``DPMSolverSinglestepScheduler``   dpm_solver_singlestep  none (VP state); ``get_order_list`` groups
 ``UniPCMultistepScheduler``        ``unipc``              none (VP state)
 ``DEISMultistepScheduler``         ``deis`` (log-rho)     none (VP state)
 ``HeunDiscreteScheduler``          ``heun`` in sigma      as Euler (its last step, to 0, is Euler's)
@@ -254,8 +255,9 @@ def _ddim(scheduler: Any) -> DiffusersPlan:
     _refuse_if(scheduler, "clip_sample", None, "diffusers clips x0 and keeps the raw eps in the DDIM step, "
                "which is not one DDIM step of any model; set clip_sample=False (or use flowode's "
                "EpsilonModel(clip_x0=...), which keeps eps and x0 consistent).")
-    _refuse_if(scheduler, "thresholding", None, "dynamic thresholding changes x0 only, not eps (as clip_sample); "
-               "set thresholding=False (flowode's EpsilonModel(dynamic_threshold=p) keeps eps consistent).")
+    _refuse_if(scheduler, "thresholding", None, "diffusers thresholds x0 and keeps the raw eps in the DDIM step "
+               "(as clip_sample); set thresholding=False (flowode's EpsilonModel(dynamic_threshold=p, "
+               "dynamic_threshold_max=m) keeps eps consistent).")
     schedule = diffusers_schedule(scheduler)
     ts = _timesteps(scheduler)
     n_train = int(_cfg(scheduler, "num_train_timesteps"))
@@ -326,13 +328,26 @@ def _vp_sigmas(scheduler: Any, schedule: Schedule, ts: Tensor) -> tuple[Tensor, 
     return sigmas, ts
 
 
-_NO_THRESHOLD = "dynamic thresholding changes x0 only (not eps); set thresholding=False."
+def _threshold(scheduler: Any) -> dict[str, Any]:
+    """``thresholding=True`` as model options: diffusers' ``_threshold_sample`` is flowode's
+    ``dynamic_threshold=dynamic_thresholding_ratio`` with ``dynamic_threshold_max=sample_max_value``
+    (the x0 prediction thresholded per sample; eps recomputed from it, which the schedulers below
+    either never read or recompute the same way)."""
+    if not _cfg(scheduler, "thresholding", False):
+        return {}
+    ratio = float(_cfg(scheduler, "dynamic_thresholding_ratio", 0.995))
+    top = float(_cfg(scheduler, "sample_max_value", 1.0))
+    if not 0 < ratio < 1 or not top >= 1:
+        raise UnsupportedScheduler(
+            f"{type(scheduler).__name__}(thresholding=True, dynamic_thresholding_ratio={ratio}, "
+            f"sample_max_value={top}) is not reproduced: flowode's dynamic threshold needs a ratio in (0, 1) "
+            "and sample_max_value >= 1.")
+    return {"dynamic_threshold": ratio, "dynamic_threshold_max": top}
 
 
 def _unipc(scheduler: Any) -> DiffusersPlan:
     name = "UniPCMultistepScheduler"
     _refuse_if(scheduler, "predict_x0", (False,), "flowode's UniPC is the data-prediction form (predict_x0=True).")
-    _refuse_if(scheduler, "thresholding", None, _NO_THRESHOLD)
     _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on UniPCMultistepScheduler are not reproduced.")
     if list(_cfg(scheduler, "disable_corrector", []) or []):
         raise UnsupportedScheduler(f"{name}(disable_corrector={_cfg(scheduler, 'disable_corrector')!r}) is not "
@@ -349,13 +364,11 @@ def _unipc(scheduler: Any) -> DiffusersPlan:
     table = TimestepTable(schedule, sigmas[:-1], ts)
     opts = {"order": int(_cfg(scheduler, "solver_order", 2)), "variant": variant,
             "lower_order_final": bool(_cfg(scheduler, "lower_order_final", True))}
-    return DiffusersPlan(name, sigmas, ts, "unipc", table, _prediction(scheduler), opts)
+    return DiffusersPlan(name, sigmas, ts, "unipc", table, _prediction(scheduler), opts, _threshold(scheduler))
 
 
 def _ddpm(scheduler: Any) -> DiffusersPlan:
     name = "DDPMScheduler"
-    _refuse_if(scheduler, "thresholding", None, "diffusers clamps its dynamic threshold to sample_max_value, "
-               "which flowode's dynamic_threshold does not have; set thresholding=False.")
     variance = _cfg(scheduler, "variance_type", "fixed_small")
     if variance not in ("fixed_small", "fixed_large"):
         raise UnsupportedScheduler(f"{name}(variance_type={variance!r}) is not reproduced (fixed_small and "
@@ -374,8 +387,8 @@ def _ddpm(scheduler: Any) -> DiffusersPlan:
     levels = torch.sqrt((1 - abar[ts.long()]) / abar[ts.long()])
     sigmas = torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
     table = TimestepTable(schedule, levels, ts)
-    kwargs: dict[str, Any] = {}
-    if _cfg(scheduler, "clip_sample", False):
+    kwargs: dict[str, Any] = _threshold(scheduler)
+    if not kwargs and _cfg(scheduler, "clip_sample", False):  # diffusers: thresholding, else clip_sample
         r = float(_cfg(scheduler, "clip_sample_range", 1.0))
         kwargs["clip_x0"] = (-r, r)
     opts = {"variance": "small" if variance == "fixed_small" else "large"}
@@ -386,7 +399,6 @@ def _deis(scheduler: Any) -> DiffusersPlan:
     name = "DEISMultistepScheduler"
     _refuse_if(scheduler, "algorithm_type", ("dpmsolver", "dpmsolver++"), "only algorithm_type='deis' is reproduced.")
     _refuse_if(scheduler, "solver_type", ("bh1", "bh2"), "only solver_type='logrho' is reproduced.")
-    _refuse_if(scheduler, "thresholding", None, _NO_THRESHOLD)
     _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on DEISMultistepScheduler are not reproduced.")
     schedule = diffusers_schedule(scheduler)
     sigmas, ts = _vp_sigmas(scheduler, schedule, _timesteps(scheduler))
@@ -394,7 +406,7 @@ def _deis(scheduler: Any) -> DiffusersPlan:
     # diffusers' DEIS is flowode's deis with the log-rho basis (flowode's default basis is "t")
     opts = {"order": int(_cfg(scheduler, "solver_order", 2)), "basis": "log_rho",
             "lower_order_final": bool(_cfg(scheduler, "lower_order_final", True))}
-    return DiffusersPlan(name, sigmas, ts, "deis", table, _prediction(scheduler), opts)
+    return DiffusersPlan(name, sigmas, ts, "deis", table, _prediction(scheduler), opts, _threshold(scheduler))
 
 
 def _euler_ancestral(scheduler: Any) -> DiffusersPlan:
@@ -525,7 +537,6 @@ def _dpm_multistep(scheduler: Any) -> DiffusersPlan:
                "flowode ships the data-prediction ODE form only (algorithm_type='dpmsolver++'); the 'dpmsolver' "
                "noise-prediction form and the SDE variants are not reproduced.")
     _refuse_if(scheduler, "solver_type", ("heun",), "only solver_type='midpoint' is implemented.")
-    _refuse_if(scheduler, "thresholding", None, _NO_THRESHOLD)
     _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on DPMSolverMultistepScheduler are not reproduced.")
     _refuse_if(scheduler, "variance_type", ("learned", "learned_range"), "learned variances are not reproduced.")
     order = int(_cfg(scheduler, "solver_order", 2))
@@ -537,18 +548,50 @@ def _dpm_multistep(scheduler: Any) -> DiffusersPlan:
     sigmas, ts = _vp_sigmas(scheduler, schedule, _timesteps(scheduler))
     table = TimestepTable(schedule, sigmas[:-1], ts)
     lof = bool(_cfg(scheduler, "lower_order_final", True))
+    thr = _threshold(scheduler)
     if order == 1:
-        return DiffusersPlan(name, sigmas, ts, "ddim", table, _prediction(scheduler))
+        return DiffusersPlan(name, sigmas, ts, "ddim", table, _prediction(scheduler), {}, thr)
     if order == 2:
         return DiffusersPlan(name, sigmas, ts, "dpm_solver++_2m", table, _prediction(scheduler),
-                             {"lower_order_final": lof})
+                             {"lower_order_final": lof}, thr)
     if order == 3:
         return DiffusersPlan(name, sigmas, ts, "dpm_solver++_3m", table, _prediction(scheduler),
-                             {"lower_order_final": lof, "coefficients": "reference"})
+                             {"lower_order_final": lof, "coefficients": "reference"}, thr)
     raise UnsupportedScheduler(f"{name}(solver_order={order}) is not reproduced (orders 1, 2 and 3 are).")
 
 
+def _dpm_singlestep(scheduler: Any) -> DiffusersPlan:
+    """diffusers' singlestep DPM-Solver(++): the grid's steps grouped by ``get_order_list``, each group
+    one singlestep step whose intermediate points are the grid's levels (``dpm_solver_singlestep``)."""
+    name = "DPMSolverSinglestepScheduler"
+    _refuse_if(scheduler, "algorithm_type", ("sde-dpmsolver++",), "the SDE variant is not reproduced (its noise "
+               "draws are not an ODE step); algorithm_type 'dpmsolver++' and 'dpmsolver' are.")
+    if _cfg(scheduler, "thresholding") and _cfg(scheduler, "algorithm_type") == "dpmsolver":
+        raise UnsupportedScheduler(f"{name}(algorithm_type='dpmsolver', thresholding=True) is not reproduced: "
+                                   "diffusers' noise-form threshold reads alpha_t[timestep] with the timestep it "
+                                   "no longer receives; use algorithm_type='dpmsolver++'.")
+    _refuse_if(scheduler, "use_flow_sigmas", None, "flow sigmas on DPMSolverSinglestepScheduler are not reproduced.")
+    _refuse_if(scheduler, "variance_type", ("learned", "learned_range"), "learned variances are not reproduced.")
+    schedule = diffusers_schedule(scheduler)
+    ts = _timesteps(scheduler)
+    sigmas, kept = _vp_sigmas(scheduler, schedule, ts)
+    if len(kept) != len(ts):
+        raise UnsupportedScheduler(
+            f"{name}(final_sigmas_type='sigma_min') after sigmas that already end at sigma_min: its last step "
+            "repeats the final level, and a singlestep group's update from its start does not leave the state "
+            "there unchanged, which is no step of an ODE grid. Use final_sigmas_type='zero'.")
+    table = TimestepTable(schedule, sigmas[:-1], ts)
+    opts = {"solver_order": int(_cfg(scheduler, "solver_order", 2)),
+            "algorithm": _cfg(scheduler, "algorithm_type", "dpmsolver++"),
+            # set_timesteps turns lower_order_final on where diffusers cannot run without it
+            "lower_order_final": bool(_cfg(scheduler, "lower_order_final", False)),
+            "solver_type": _cfg(scheduler, "solver_type", "midpoint")}
+    return DiffusersPlan(name, sigmas, ts, "dpm_solver_singlestep", table, _prediction(scheduler), opts,
+                         _threshold(scheduler))
+
+
 _PLANS = {
+    "DPMSolverSinglestepScheduler": _dpm_singlestep,
     "DDPMScheduler": _ddpm,
     "DEISMultistepScheduler": _deis,
     "HeunDiscreteScheduler": _heun,
@@ -565,7 +608,7 @@ _PLANS = {
 }
 
 #: diffusers schedulers that are planned but not reproduced yet (refused by name)
-NOT_YET = ("DPMSolverSinglestepScheduler",)
+NOT_YET: tuple[str, ...] = ()
 
 
 def from_diffusers_scheduler(scheduler: Any) -> DiffusersPlan:

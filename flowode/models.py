@@ -67,7 +67,11 @@ class EpsilonModel:
         clip_x0: optional ``(low, high)`` with ``low < high``; the x0 prediction is clamped to it and ``eps`` is
             recomputed from the clamped x0 (DDPM's ``clip_denoised``).
         dynamic_threshold: optional percentile ``p`` in (0, 1); Imagen's dynamic thresholding
-            (Saharia et al. 2022, sec. 2.3): ``s = max(1, quantile(|x0|, p))``, ``x0 <- clamp(x0, -s, s)/s``.
+            (Saharia et al. 2022, sec. 2.3): ``s = max(1, quantile(|x0|, p))``, ``x0 <- clamp(x0, -s, s)/s``,
+            the quantile taken over each sample's elements; ``eps`` is recomputed from the new x0.
+        dynamic_threshold_max: optional upper bound ``m >= 1`` on that ``s``:
+            ``s = clamp(quantile(|x0|, p), 1, m)``, the semantics of diffusers' ``sample_max_value``
+            (its ``_threshold_sample``); ``m = 1`` is clipping to ``[-1, 1]``. Needs ``dynamic_threshold``.
         guidance_scale, uncond_fn: classifier-free guidance (Ho & Salimans 2022, eq. 6):
             ``eps = eps_uncond + w * (eps_cond - eps_uncond)``. With ``uncond_fn`` the two
             predictions come from two calls; with ``batched_cfg=(cond, uncond)`` they come from one
@@ -98,6 +102,7 @@ class EpsilonModel:
         *,
         clip_x0: Optional[tuple[float, float]] = None,
         dynamic_threshold: Optional[float] = None,
+        dynamic_threshold_max: Optional[float] = None,
         guidance_scale: Optional[Union[float, Tensor]] = None,
         uncond_fn: Optional[NetworkFn] = None,
         batched_cfg: Optional[tuple[Tensor, Tensor]] = None,
@@ -116,6 +121,13 @@ class EpsilonModel:
             clip_x0 = _check_clip(clip_x0)
         if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
             raise ValueError(f"`dynamic_threshold` is a percentile in (0, 1), got {dynamic_threshold}.")
+        if dynamic_threshold_max is not None:
+            if dynamic_threshold is None:
+                raise ValueError(f"`dynamic_threshold_max={dynamic_threshold_max}` bounds the dynamic threshold; "
+                                 "give `dynamic_threshold` (the percentile, e.g. 0.995) too.")
+            if isinstance(dynamic_threshold_max, bool) or not float(dynamic_threshold_max) >= 1.0:
+                raise ValueError(f"`dynamic_threshold_max` must be a number >= 1 (the threshold is at least 1), "
+                                 f"got {dynamic_threshold_max!r}.")
         if (uncond_fn is not None or batched_cfg is not None) and guidance_scale is None:
             raise ValueError("`uncond_fn` / `batched_cfg` need `guidance_scale`.")
         if uncond_fn is not None and batched_cfg is not None:
@@ -127,6 +139,7 @@ class EpsilonModel:
         self.prediction = prediction
         self.clip_x0 = clip_x0
         self.dynamic_threshold = dynamic_threshold
+        self.dynamic_threshold_max = None if dynamic_threshold_max is None else float(dynamic_threshold_max)
         self.guidance_scale = guidance_scale
         self.uncond_fn = uncond_fn
         self.batched_cfg = batched_cfg
@@ -348,7 +361,7 @@ class EpsilonModel:
             if flat.dtype not in (torch.float32, torch.float64):  # quantile needs float32/64
                 flat = flat.to(torch.float32)
             s = torch.quantile(flat, self.dynamic_threshold, dim=1).to(x0.dtype)
-            s = torch.clamp(s, min=1.0).view(-1, *([1] * (x0.dim() - 1)))
+            s = torch.clamp(s, min=1.0, max=self.dynamic_threshold_max).view(-1, *([1] * (x0.dim() - 1)))
             x0 = torch.maximum(torch.minimum(x0, s), -s) / s
         return x0
 

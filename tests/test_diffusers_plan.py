@@ -86,7 +86,25 @@ CASES = [
                                          timestep_spacing="trailing"), 8),
     ("DPMSolverMultistepScheduler", dict(use_karras_sigmas=True, prediction_type="v_prediction"), 20),
     ("DPMSolverMultistepScheduler", dict(solver_order=2, lower_order_final=False, final_sigmas_type="sigma_min"), 6),
+    ("DPMSolverSinglestepScheduler", dict(), 10),
+    ("DPMSolverSinglestepScheduler", dict(solver_order=3), 9),
+    ("DPMSolverSinglestepScheduler", dict(solver_order=3, final_sigmas_type="sigma_min", lower_order_final=False,
+                                          beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), 9),
+    ("DPMSolverSinglestepScheduler", dict(solver_order=3, use_karras_sigmas=True, prediction_type="v_prediction"), 7),
+    ("DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min",
+                                          prediction_type="v_prediction"), 8),
+    ("DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min",
+                                          lower_order_final=True), 8),
+    ("DPMSolverSinglestepScheduler", dict(solver_type="heun", solver_order=3, use_karras_sigmas=True), 10),
+    ("DPMSolverSinglestepScheduler", dict(solver_type="heun", algorithm_type="dpmsolver", solver_order=3,
+                                          final_sigmas_type="sigma_min", prediction_type="v_prediction"), 9),
     ("UniPCMultistepScheduler", dict(), 10),
+    # thresholding=True: diffusers' _threshold_sample is the model's dynamic_threshold(_max)
+    ("DPMSolverMultistepScheduler", dict(thresholding=True, sample_max_value=3.0, dynamic_thresholding_ratio=0.9), 8),
+    ("DPMSolverMultistepScheduler", dict(thresholding=True, solver_order=3, prediction_type="v_prediction"), 8),
+    ("DPMSolverSinglestepScheduler", dict(thresholding=True, sample_max_value=4.0, solver_order=3), 9),
+    ("UniPCMultistepScheduler", dict(thresholding=True, sample_max_value=2.5), 10),
+    ("DEISMultistepScheduler", dict(thresholding=True, sample_max_value=3.0, dynamic_thresholding_ratio=0.9), 8),
     ("UniPCMultistepScheduler", dict(solver_order=3, solver_type="bh1", final_sigmas_type="sigma_min",
                                      timestep_spacing="trailing"), 7),
     ("UniPCMultistepScheduler", dict(use_karras_sigmas=True, prediction_type="v_prediction"), 12),
@@ -145,6 +163,7 @@ DDPM_CASES = [
     (dict(), 10),  # clip_sample=True (default): flowode's clip_x0, exact because the DDPM step uses x0 and x
     (dict(clip_sample=False, variance_type="fixed_large", prediction_type="v_prediction"), 8),
     (dict(timestep_spacing="trailing", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), 5),
+    (dict(thresholding=True, sample_max_value=3.0, dynamic_thresholding_ratio=0.9), 6),  # replaces clip_sample
 ]
 
 
@@ -235,11 +254,12 @@ def test_from_diffusers_flow_matching_network():
     ("UniPCMultistepScheduler", dict(solver_type="bh1"), 5, "bh1"),
     ("UniPCMultistepScheduler", dict(disable_corrector=[0]), 5, "disable_corrector"),
     ("UniPCMultistepScheduler", dict(predict_x0=False), 5, "predict_x0"),
-    ("DEISMultistepScheduler", dict(thresholding=True), 5, "thresholding"),
     ("HeunDiscreteScheduler", dict(clip_sample=True), 5, "clip_sample"),
-    ("DDPMScheduler", dict(thresholding=True), 5, "thresholding"),
+    ("DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min",
+                                          thresholding=True), 6, "thresholding"),
     ("DDPMScheduler", dict(variance_type="learned"), 5, "variance_type"),
-    ("DPMSolverSinglestepScheduler", {}, 5, "DPMSolverSinglestepScheduler"),
+    ("DPMSolverSinglestepScheduler", dict(algorithm_type="sde-dpmsolver++"), 6, "algorithm_type"),
+    ("DPMSolverSinglestepScheduler", dict(use_karras_sigmas=True, final_sigmas_type="sigma_min"), 6, "sigma_min"),
     ("PNDMScheduler", dict(prediction_type="v_prediction"), 6, "prediction_type"),
     ("PNDMScheduler", dict(), 9, "stride is even"),  # 1000 // 9 = 111: PRK half steps of 55.5
     ("LCMScheduler", {}, 4, "LCMScheduler"),
@@ -256,3 +276,33 @@ def test_set_timesteps_first():
         flowode.from_diffusers_scheduler(diffusers.EulerDiscreteScheduler())
     with pytest.raises(TypeError, match="scheduler"):
         flowode.from_diffusers_scheduler(object())
+
+
+@pytest.mark.parametrize("ratio, top", [(0.995, 1.0), (0.9, 3.0), (0.5, 1.5)])
+def test_dynamic_threshold_max_is_diffusers_sample_max_value(ratio, top):
+    """EpsilonModel(dynamic_threshold=p, dynamic_threshold_max=m) thresholds x0 as diffusers'
+    _threshold_sample(dynamic_thresholding_ratio=p, sample_max_value=m), per sample, exactly."""
+    sched = diffusers.DPMSolverMultistepScheduler(thresholding=True, dynamic_thresholding_ratio=ratio,
+                                                  sample_max_value=top)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(SHAPE, generator=g, dtype=torch.float64) * torch.tensor([0.5, 4.0]).view(2, 1, 1, 1)
+    x0 = torch.randn(SHAPE, generator=g, dtype=torch.float64) * torch.tensor([0.6, 5.0]).view(2, 1, 1, 1)
+
+    def net(xx, t):  # an x0 network
+        return x0
+
+    model = flowode.EpsilonModel(net, flowode.DiscreteVPSchedule.linear(), prediction="x0",
+                                 dynamic_threshold=ratio, dynamic_threshold_max=top)
+    pred = model.predict(x, 2.0)
+    assert torch.equal(pred.x0, sched._threshold_sample(x0))
+    # eps follows the thresholded x0: x = alpha x0 + std eps
+    a = float(model.schedule.alpha_from_sigma(2.0))
+    assert torch.allclose(a * pred.x0 + a * 2.0 * pred.eps, x, rtol=0, atol=1e-12)
+
+
+def test_dynamic_threshold_max_needs_the_percentile():
+    sched = flowode.DiscreteVPSchedule.linear()
+    with pytest.raises(ValueError, match="dynamic_threshold"):
+        flowode.EpsilonModel(dummy, sched, dynamic_threshold_max=2.0)
+    with pytest.raises(ValueError, match=">= 1"):
+        flowode.EpsilonModel(dummy, sched, dynamic_threshold=0.9, dynamic_threshold_max=0.5)

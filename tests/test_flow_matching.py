@@ -174,6 +174,8 @@ ORDER_CASES = [
     ("dpm_solver_2", {}, 2, _lambda_grid, [32, 64, 128]),
     ("dpm_solver_3", {}, 3, _lambda_grid, [32, 64, 128]),
     ("dpm_solver++_2s", {}, 2, _lambda_grid, [32, 64, 128]),
+    ("dpm_solver_singlestep", {}, 2, _lambda_grid, [32, 64, 128]),
+    ("dpm_solver_singlestep", {"solver_order": 3, "lower_order_final": False}, 3, _lambda_grid, [24, 48, 96]),
     ("dpm_solver++_2m", {"lower_order_final": False}, 2, _lambda_grid, [32, 64, 128]),
     ("dpm_solver++_3m", {"lower_order_final": False}, 3, "tiny", [64, 128, 256]),
     ("unipc", {"lower_order_final": False}, 3, "tiny", [32, 64, 128]),

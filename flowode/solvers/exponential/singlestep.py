@@ -12,12 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from ..base import Step, Stepper, check_fraction
 from ..registry import register
-from .updates import data_first_order, dpm_solver_2_update, dpm_solver_3_update, noise_first_order
+from .updates import data_first_order, dpm_solver_2_update, dpm_solver_3_update, dpmpp_2s_update, noise_first_order
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
@@ -139,5 +138,4 @@ class DPMSolverPP2S(_TwoStage):
         su = s * math.exp(-self.r * h)
         u = data_first_order(run.alpha, x, s, su, pred.x0)
         x0_u = run.predict(u, su).x0
-        d = torch.add(pred.x0 * (1.0 - 0.5 / self.r), x0_u, alpha=0.5 / self.r)
-        return Step(data_first_order(run.alpha, x, s, t, d), None, pred)
+        return Step(dpmpp_2s_update(run.alpha, x, s, t, pred.x0, x0_u, self.r), None, pred)

@@ -31,6 +31,8 @@ from ...schedules import sigma_to_lambda
 from ..base import SolverError
 
 __all__ = ["noise_first_order", "data_first_order", "dpm_solver_2_update", "dpm_solver_3_update",
+           "dpm_solver_3_final", "dpmpp_2s_update", "dpmpp_3s_final", "singlestep_taylor_update",
+           "singlestep_orders",
            "dpmpp_multistep_update", "multistep_order", "unip_update", "unic_update", "History", "UNIPC_VARIANTS"]
 
 History = Sequence[tuple[float, Tensor]]
@@ -75,17 +77,28 @@ def dpm_solver_3_update(alpha: Alpha, x: Tensor, s: float, t: float, eps_s: Tens
     """
     h = math.log(s / t)
     s1, s2 = s * math.exp(-r1 * h), s * math.exp(-r2 * h)
-    a_s, a_1, a_2, a_t = alpha(s), alpha(s1), alpha(s2), alpha(t)
+    a_s, a_1, a_2 = alpha(s), alpha(s1), alpha(s2)
     u1 = torch.add(x * (a_1 / a_s), eps_s, alpha=-a_1 * s1 * math.expm1(r1 * h))
     eps_1 = eps_at(u1, s1)
     d1 = eps_1 - eps_s
     phi_12 = math.expm1(r2 * h)
     u2 = torch.add(x * (a_2 / a_s), eps_s, alpha=-a_2 * s2 * phi_12)
     u2 = u2.add(d1, alpha=-a_2 * s2 * (r2 / r1) * (phi_12 / (r2 * h) - 1.0))
-    d2 = eps_at(u2, s2) - eps_s
+    return dpm_solver_3_final(alpha, x, s, t, eps_s, eps_at(u2, s2), r2), eps_1
+
+
+def dpm_solver_3_final(alpha: Alpha, x: Tensor, s: float, t: float, eps_s: Tensor, eps_2: Tensor,
+                       r2: float) -> Tensor:
+    """The last line of DPM-Solver-3 (Lu et al. 2022, Algorithm 2), from ``eps_s`` and ``eps_2 = eps(u2)``
+    at ``lambda_2 = lambda_s + r2 h``; third order when ``r2 = 2/3`` and ``u2`` is second order::
+
+        x_t = (alpha_t/alpha_s) x_s - std_t expm1(h) eps_s - (std_t/r2) (expm1(h)/h - 1) (eps_2 - eps_s)
+    """
+    h = math.log(s / t)
+    a_s, a_t = alpha(s), alpha(t)
     phi_1 = math.expm1(h)
     out = torch.add(x * (a_t / a_s), eps_s, alpha=-a_t * t * phi_1)
-    return out.add(d2, alpha=-(a_t * t / r2) * (phi_1 / h - 1.0)), eps_1
+    return out.add(eps_2 - eps_s, alpha=-(a_t * t / r2) * (phi_1 / h - 1.0))
 
 
 def data_first_order(alpha: Alpha, x: Tensor, s: float, t: float, x0: Tensor) -> Tensor:
@@ -97,6 +110,95 @@ def data_first_order(alpha: Alpha, x: Tensor, s: float, t: float, x0: Tensor) ->
         return x0 * a_t if a_t != 1.0 else x0.clone()
     h = math.log(s / t)
     return torch.add(x * ((a_t * t) / (a_s * s)), x0, alpha=-a_t * math.expm1(-h))
+
+
+def dpmpp_2s_update(alpha: Alpha, x: Tensor, s: float, t: float, x0_s: Tensor, x0_u: Tensor, r: float) -> Tensor:
+    """DPM-Solver++(2S)'s update (Lu et al. 2022b, Algorithm 1) from ``x0_s`` and ``x0_u = x0(u)`` at
+    ``lambda_u = lambda_s + r h``::
+
+        D   = (1 - 1/(2r)) x0_s + 1/(2r) x0_u
+        x_t = (std_t/std_s) x_s - alpha_t expm1(-h) D
+    """
+    d = torch.add(x0_s * (1.0 - 0.5 / r), x0_u, alpha=0.5 / r)
+    return data_first_order(alpha, x, s, t, d)
+
+
+def dpmpp_3s_final(alpha: Alpha, x: Tensor, s: float, t: float, x0_s: Tensor, x0_2: Tensor, r2: float) -> Tensor:
+    """The data-prediction form of :func:`dpm_solver_3_final` (Lu et al. 2022b, the singlestep
+    third-order DPM-Solver++ of the reference code, "midpoint" variant), from ``x0_s`` and ``x0_2``
+    at ``lambda_2 = lambda_s + r2 h``::
+
+        x_t = (std_t/std_s) x_s - alpha_t expm1(-h) x0_s + (alpha_t/r2) (expm1(-h)/h + 1) (x0_2 - x0_s)
+    """
+    h = math.log(s / t)
+    a_s, a_t = alpha(s), alpha(t)
+    phi_1 = math.expm1(-h)
+    out = torch.add(x * ((a_t * t) / (a_s * s)), x0_s, alpha=-a_t * phi_1)
+    return out.add(x0_2 - x0_s, alpha=(a_t / r2) * (phi_1 / h + 1.0))
+
+
+def singlestep_taylor_update(alpha: Alpha, x: Tensor, s: float, t: float, ms: Sequence[Tensor],
+                             rs: Sequence[float], data: bool) -> Tensor:
+    """A singlestep update of order ``len(ms)`` (2 or 3) whose model outputs ``ms`` (x0 with ``data``,
+    else eps) are at ``lambda_s + r h`` for ``r = 0, *rs`` (``rs`` increasing in ``(0, 1]``): the
+    Taylor (exponential-integral) form of Lu et al. 2022 / 2022b with the derivatives from divided
+    differences, the ``solver_type="heun"`` updates of diffusers' singlestep DPM-Solver. In a group whose
+    intermediate states come from lower-order updates (first order at ``r1``) the order-3 update is
+    second order: the first point's ``O(h^2)`` error enters ``D1`` with an ``O(h)`` weight
+    (measured in tests/test_singlestep_grouped.py). With
+    ``D1 = (m1 - m0)/r1`` (order 2), or ``Da = (m1 - m0)/r1``, ``Db = (m2 - m0)/r2``,
+    ``D1 = (r2 Da - r1 Db)/(r2 - r1)``, ``D2 = 2 (Db - Da)/(r2 - r1)`` (order 3)::
+
+        data:  x_t = (std_t/std_s) x_s - alpha_t phi m0 + alpha_t (phi/h + 1) D1 - alpha_t ((phi + h)/h^2 - 1/2) D2,
+               phi = expm1(-h)
+        noise: x_t = (alpha_t/alpha_s) x_s - std_t phi m0 - std_t (phi/h - 1) D1 - std_t ((phi - h)/h^2 - 1/2) D2,
+               phi = expm1(h)
+    """
+    h = math.log(s / t)
+    a_s, a_t = alpha(s), alpha(t)
+    m0 = ms[0]
+    if len(ms) == 2:
+        d1, d2 = (ms[1] - m0) / rs[0], None
+    elif len(ms) == 3:
+        r1, r2 = rs
+        da, db = (ms[1] - m0) / r1, (ms[2] - m0) / r2
+        d1 = (da * r2 - db * r1) / (r2 - r1)
+        d2 = (db - da) * (2.0 / (r2 - r1))
+    else:
+        raise SolverError(f"the singlestep Taylor update takes 2 or 3 model outputs, got {len(ms)}.")
+    if data:
+        phi = math.expm1(-h)
+        out = torch.add(x * ((a_t * t) / (a_s * s)), m0, alpha=-a_t * phi)
+        out = out.add(d1, alpha=a_t * (phi / h + 1.0))
+        return out if d2 is None else out.add(d2, alpha=-a_t * ((phi + h) / (h * h) - 0.5))
+    phi = math.expm1(h)
+    std_t = a_t * t
+    out = torch.add(x * (a_t / a_s), m0, alpha=-std_t * phi)
+    out = out.add(d1, alpha=-std_t * (phi / h - 1.0))
+    return out if d2 is None else out.add(d2, alpha=-std_t * ((phi - h) / (h * h) - 0.5))
+
+
+def singlestep_orders(order: int, n: int, lower_order_final: bool, final_zero: bool) -> list[int]:
+    """The position of each of ``n`` grid steps in its group, for a singlestep method of order
+    ``order`` whose intermediate points are the grid's levels: a group of ``k`` steps is one
+    order-``k`` step whose ``k - 1`` intermediate points are the next ``k - 1`` levels, so the
+    list runs ``1, 2, .., k, 1, 2, ..``. With ``lower_order_final`` this is diffusers'
+    ``DPMSolverSinglestepScheduler.get_order_list`` (the last group shortened, ending ``.., 1, 2``
+    or ``.., 1, 1``); without it, groups of ``order`` and a shorter last one. ``final_zero``: the
+    last step (to ``sigma = 0``) is first order."""
+    if order not in (1, 2, 3) or n < 1:
+        raise SolverError(f"singlestep orders need order 1, 2 or 3 and at least one step, got {order}, {n}.")
+    cycle = list(range(1, order + 1))
+    if lower_order_final and order == 3:
+        tail = {0: [1, 2, 1], 1: [1], 2: [1, 2]}[n % 3]
+        orders = cycle * ((n - len(tail)) // 3) + tail
+    elif lower_order_final and order == 2:
+        orders = cycle * (n // 2 - 1) + [1, 1] if n % 2 == 0 else cycle * (n // 2) + [1]
+    else:
+        orders = (cycle * (n // order + 1))[:n]
+    if final_zero:
+        orders[-1] = 1
+    return orders
 
 
 def dpmpp_multistep_update(alpha: Alpha, x: Tensor, s: float, t: float, hist: History,
