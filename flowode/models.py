@@ -12,7 +12,7 @@ evaluations, for a user's own bookkeeping; flowode never reads or resets it.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -346,12 +346,14 @@ class EpsilonModel:
 
     def prior_sample(self, shape: tuple[int, ...], sigma: Optional[float] = None, *,
                      generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-                     device: Union[str, torch.device] = "cpu", seed: Optional[int] = None) -> Tensor:
+                     device: Union[str, torch.device] = "cpu", seed: Optional[int] = None,
+                     indices: Optional[Sequence[int]] = None) -> Tensor:
         """Draw the state at ``sigma`` (default ``sigma_max``) from the prior ``N(0, std^2 I)``
         with ``std = alpha * sqrt(1 + sigma^2)`` in ``x`` coordinates (1 for VP, ``sqrt(1+sigma^2)``
         for VE), ignoring the data variance as the peers do. ``seed=`` keys the draw by
         ``(seed, sample index)`` (:func:`flowode.noise.keyed_normal`): sample ``i`` is the same at any
-        batch size, which a ``generator`` does not promise."""
+        batch size, which a ``generator`` does not promise; ``indices`` are the samples' global indices
+        (default ``0 .. B-1``; a shard of a larger run passes its own, :mod:`flowode.distributed`)."""
         s = self.schedule.sigma_max if sigma is None else float(sigma)
         alpha = float(self.schedule.alpha_from_sigma(s))
         std = alpha * math.sqrt(1 + s * s) if math.isfinite(s) else 1.0
@@ -360,7 +362,9 @@ class EpsilonModel:
                 raise ValueError("give `seed` or `generator`, not both.")
             from .noise import keyed_normal
 
-            return keyed_normal(shape, seed, dtype=dtype, device=device) * std
+            return keyed_normal(shape, seed, indices, dtype=dtype, device=device) * std
+        if indices is not None:
+            raise ValueError("`indices` key the draw by global sample index; give `seed` with them.")
         return torch.randn(shape, generator=generator, dtype=dtype, device=device) * std
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
