@@ -74,10 +74,11 @@ def test_sample_resumes_from_parts(tmp_path: Path) -> None:
     run = tmp_path / "run.npy"
     ref = np.load(tmp_path / "ref.npy")
 
+    from flowode.bench import get_problem
+    from flowode.cli.sample import parts_id
+
     ns = build_parser().parse_args([*args, "--out", str(run)])
-    fp = distributed.fingerprint({"problem": ns.problem, "solver": ns.solver, "steps": ns.steps, "nfe": ns.nfe,
-                                  "spacing": ns.spacing, "samples": ns.samples, "seed": ns.seed, "block": ns.block,
-                                  "device": ns.device})
+    fp = parts_id(ns, get_problem(ns.problem), ns.steps, None)
     part = tmp_path / "run.npy.parts" / fp / "block-000001.pt"
     distributed.save_atomic({"x": torch.full((8, 2), 7.0), "nfe": 3, "steps": 3, "solver": "ddpm"}, part)
     _flowode([*args, "--out", str(run)], tmp_path)
@@ -95,7 +96,15 @@ def test_bench_two_ranks_same_records(tmp_path: Path) -> None:
     args = ["bench", "--problem", "gaussian", "--solvers", "ddim,heun,ddpm,bs23", "--nfe", "4,8",
             "--tolerances", "1e-2,1e-3", "--samples", "16", "--no-figures", "--no-progress"]
     _flowode([*args, "--out", "one"], tmp_path)
+    # a killed 3-rank run left a part with three finished cells: the 2-rank run keeps them, runs the rest
+    lines = (tmp_path / "one" / "results.jsonl").read_text().splitlines()
+    parts = tmp_path / "two" / "results.parts"
+    parts.mkdir(parents=True)
+    (parts / "rank1-of-3.jsonl").write_text("\n".join(lines[:3]) + "\n")
     _flowode([*args, "--out", "two"], tmp_path, nproc=2)
     a, b = _records(tmp_path / "one" / "results.jsonl"), _records(tmp_path / "two" / "results.jsonl")
     assert len(a) == 8 and a == b
-    assert not (tmp_path / "two" / "results.parts").exists()
+    assert not parts.exists()
+    kept = {json.loads(line)["key"]: json.loads(line)["finished"] for line in lines[:3]}
+    merged = [json.loads(line) for line in (tmp_path / "two" / "results.jsonl").read_text().splitlines()]
+    assert {r["key"]: r["finished"] for r in merged if r["key"] in kept} == kept  # not redone

@@ -75,6 +75,19 @@ def _span(values: list[int]) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
+def parts_id(args: argparse.Namespace, prob, steps, nfe) -> str:  # type: ignore[no-untyped-def]
+    """The folder name of this command's parts (``OUT.parts/<id>/block-*.pt``): a hash of every setting
+    the samples depend on and of the model (:func:`~flowode.bench.problems.model_fingerprint`), so a
+    resumed run reuses only the blocks of the same run and never those of a changed model."""
+    from .. import distributed
+    from ..bench.problems import model_fingerprint
+
+    return distributed.fingerprint({
+        "model": model_fingerprint(prob, args.device), "problem": args.problem, "solver": args.solver,
+        "steps": steps, "nfe": nfe, "spacing": args.spacing, "samples": args.samples, "seed": args.seed,
+        "block": args.block, "device": args.device})
+
+
 def _solve_block(prob, name, opts, steps, nfe, args, idx: range, device: str, trajectory: bool):  # type: ignore[no-untyped-def]
     """One block of global sample indices ``idx``: start noise and stochastic draws keyed by
     ``(seed, global index)``, so the block is the same whichever rank or run solves it."""
@@ -133,10 +146,7 @@ def run(args: argparse.Namespace) -> int:
             sol = _solve_block(prob, name, opts, steps, nfe, args, todo[0], device, True)
             x, nfe_done, label, steps_done = sol.x.detach().cpu(), str(sol.nfe), sol.solver, str(sol.steps)
         else:
-            # the parts of this run (not of another with other settings) live in one folder
-            run_id = distributed.fingerprint({
-                "problem": args.problem, "solver": args.solver, "steps": steps, "nfe": nfe, "spacing": args.spacing,
-                "samples": args.samples, "seed": args.seed, "block": args.block, "device": args.device})
+            run_id = parts_id(args, prob, steps, nfe)
             parts = out.with_name(out.name + ".parts") / run_id
             for b, idx in distributed.mine(todo, dist):
                 path = parts / f"block-{b:06d}.pt"
