@@ -93,3 +93,14 @@ def test_bf16_adaptive(name: str) -> None:
     a = flowode.sample(f32, x, 1, solver=name, rtol=1e-3, atol=1e-3).x
     b = flowode.sample(f32.cast_network(torch.bfloat16), x, 1, solver=name, rtol=1e-3, atol=1e-3).x
     assert _rms(b - a) / _rms(a) < BF16_REL_RMS
+
+
+def test_docs_example_runs() -> None:
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, str(page), "exec"), {})

@@ -28,7 +28,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
                "  flowode bench --problem gmm2d --solvers ddim,heun,dpm_solver++_2m --nfe 5,10,20 --out runs/a\n"
                "  flowode bench --problem gmm2d,gaussian --solvers 'ddim,ddim[eta=0.5],heun' --seeds 0,1 --out runs/b\n"
                "  flowode bench --problem mypkg.models:make_problem --solvers heun --out runs/c\n"
-               "  flowode bench --config grid.toml   (keys: problems, solvers, nfe, spacings, seeds, samples, ...)",
+               "  flowode bench --config grid.toml   (keys: problems, solvers, nfe, spacings, seeds, samples, ...)\n"
+               "  torchrun --nproc_per_node=4 -m flowode bench ...   (cells spread over 4 ranks; docs/scale-out.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.epilog = (p.epilog or "") + ("\n\nExit status: 0 when some cell has a result, 1 when every cell failed, "
                                    "2 for a bad setting (refused before the first cell).")
