@@ -11,7 +11,7 @@ from .analytic import Gaussian, GaussianMixture, reference_solve
 from .diffusers_plan import DiffusersPlan, UnsupportedScheduler, from_diffusers_scheduler
 from .field import ProbabilityFlow
 from .grids import GridError, check_grid, resolve_grid, sigma_grid, sigmas_from_timesteps
-from .integrate import Solution, decode, encode, integrate, sample
+from .integrate import PriorScaleWarning, Solution, decode, encode, integrate, sample
 from .models import EpsilonModel, NetworkOutputError
 from .optimize import load_grid, optimize_grid, save_grid
 from .orders import fit_order
@@ -27,7 +27,7 @@ from .schedules import (
     VESchedule,
     VPSchedule,
 )
-from .solvers import MaxNFEError, SolverError, UnknownSolverError
+from .solvers import MaxNFEError, SolverError, UnknownSolverError, WarmupWarning
 
 # isort: split
 from . import invert
@@ -56,7 +56,7 @@ __all__ = [
     "list_pretrained", "load_pretrained",
     # every error and warning a user may catch
     "GridError", "SolverError", "UnknownSolverError", "MaxNFEError", "NetworkOutputError", "InversionWarning",
-    "UnsupportedScheduler",
+    "UnsupportedScheduler", "WarmupWarning", "PriorScaleWarning",
     # sub-packages
     "analytic", "solvers", "control", "invert", "density", "gradients", "adapters", "data", "nets", "train",
 ]

@@ -244,7 +244,20 @@ def reference_solve(model: EpsilonModel, x: Tensor, sigma_from: float, sigma_to:
     from scipy.integrate import solve_ivp
 
     sched = model.schedule
+    for key, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (math.isfinite(tol) and tol > 0):
+            raise ValueError(f"`{key}` must be a finite number > 0 (e.g. 1e-10), got {tol!r}.")
     s0, s1 = float(sigma_from), float(sigma_to)
+    for key, v in (("sigma_from", s0), ("sigma_to", s1)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"`{key}` must be a finite noise level >= 0, got {v!r}; start a zero-terminal-SNR "
+                             "solve below sigma = inf.")
+        if not isinstance(model, AnalyticModel) and v != 0.0 and not (
+                sched.sigma_min * (1 - 1e-9) <= v <= sched.sigma_max * (1 + 1e-9)):
+            raise ValueError(
+                f"`{key}` = {v!r} is outside the schedule's noise range [{sched.sigma_min!r}, {sched.sigma_max!r}], "
+                "where the network was never trained. Use a level inside it (an exact AnalyticModel takes any level)."
+            )
     final_denoise = False
     if not isinstance(model, AnalyticModel):
         if s1 == 0.0:

@@ -61,9 +61,18 @@ class Hooks:
 def take_step(run: Run, stepper: Stepper, x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
     """One step of ``stepper`` from ``sigma`` to ``sigma_next`` under the boundary policy."""
     kind = classify(sigma, sigma_next)
-    if kind is not None and not stepper.native(kind):
-        return _boundary_step(run, stepper, x, sigma, sigma_next, state, kind)
-    return stepper.step(run, x, sigma, sigma_next, state)
+    try:
+        if kind is not None and not stepper.native(kind):
+            return _boundary_step(run, stepper, x, sigma, sigma_next, state, kind)
+        return stepper.step(run, x, sigma, sigma_next, state)
+    except RuntimeError as exc:  # torch refuses a scalar factor the state's dtype cannot hold
+        if "without overflow" not in str(exc):
+            raise
+        raise SolverError(
+            f"step {run.step} of solver {stepper.name!r} (sigma {sigma:.6g} -> {sigma_next:.6g}) needs a coefficient "
+            f"that a {str(x.dtype).replace('torch.', '')} state cannot hold ({exc}). Integrate a float32 state "
+            "(pass `x` as x.float()), or take more, smaller steps."
+        ) from None
 
 
 def _boundary_step(run: Run, stepper: Stepper, x: Tensor, sigma: float, sigma_next: float, state: Any,

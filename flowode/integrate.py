@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._warnings import warn
 from .driver import DEFAULT_CHECK_INTERVAL, GradPlan, Hooks, adaptive_loop, fixed_loop
 from .grids import check_grid, resolve_grid, split_grid_options
 from .models import EpsilonModel
@@ -28,7 +29,7 @@ from .solvers.boundary import check_direction
 from .solvers.registry import make
 from .solvers.run import Run
 
-__all__ = ["Solution", "integrate", "sample", "encode", "decode", "GRAD_MODES"]
+__all__ = ["Solution", "integrate", "sample", "encode", "decode", "GRAD_MODES", "PriorScaleWarning"]
 
 GridLike = Union[Tensor, Sequence[float], np.ndarray]
 
@@ -81,6 +82,43 @@ def _check_state(x: Any, values: bool = True) -> None:
     # one reduction in the usual case (detached: no autograd warning when x requires grad)
     if values and not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError("`x` contains NaN or Inf.")
+
+
+class PriorScaleWarning(UserWarning):
+    """The state a sampling run starts from is far off the scale of the schedule's prior there."""
+
+
+#: a start at sigma >= this is noise-dominated: its scale is the prior's whatever the data
+PRIOR_CHECK_SIGMA = 10.0
+#: warn when the start state's RMS is off the prior's standard deviation by more than this factor
+PRIOR_CHECK_FACTOR = 4.0
+
+
+def _check_start_scale(model: EpsilonModel, x: Tensor, levels: Sequence[float]) -> None:
+    """Warn when a solve towards the data starts far off the prior's scale.
+
+    At a noise level ``sigma >= 10`` the state is ``alpha x0 + std eps``, so for data of unit scale
+    its RMS is ``sqrt(alpha^2 + std^2)`` (1 for VP, ``sqrt(1 + sigma^2)`` for VE / EDM); data 40
+    times larger than that would be needed to move it by the factor 4 that triggers the warning,
+    and no data makes it smaller. The usual mistakes are off by ``sigma_max``: an EDM / VE model
+    started from ``randn`` (RMS 1 instead of 80) or a VP model from ``sigma_max * randn``. Needs at
+    least 16 numbers (a smaller state has too noisy an RMS); costs one reduction of ``x``.
+    """
+    s0 = levels[0]
+    if not s0 > levels[-1] or s0 < PRIOR_CHECK_SIGMA or x.numel() < 16:
+        return
+    alpha, std = model.coefficients(s0)
+    prior = math.sqrt(alpha * alpha + std * std)
+    rms = float(torch.linalg.vector_norm(x.detach())) / math.sqrt(x.numel())
+    if not math.isfinite(rms) or not prior > 0:
+        return
+    if not 1 / PRIOR_CHECK_FACTOR <= rms / prior <= PRIOR_CHECK_FACTOR:
+        warn(
+            f"the start state `x` has RMS {rms:.4g}, but at sigma={s0:.6g} (the grid's start) the schedule's prior "
+            f"has standard deviation {prior:.4g} ({rms / prior:.3g} times off). Draw the start state from the "
+            f"prior: x = {prior:.4g} * torch.randn(...), or model.prior_sample(shape).",
+            PriorScaleWarning,
+        )
 
 
 def _grad_context(grad: Optional[str]) -> contextlib.AbstractContextManager[Any]:
@@ -185,6 +223,7 @@ def integrate(
     grad_steps: Optional[int] = None,
     adjoint_params: Optional[Sequence[Tensor]] = None,
     check_interval: int = DEFAULT_CHECK_INTERVAL,
+    check_prior: bool = True,
     **options: Any,
 ) -> Solution:
     """Integrate the probability-flow ODE (or a stochastic sampler) of ``model`` along ``sigmas``.
@@ -226,6 +265,10 @@ def integrate(
             clamp would turn an Inf output into a finite state). Adaptive solvers check every
             output. ``EpsilonModel(check_finite=False)`` turns off the checks of network outputs
             and of the state (the input ``x`` is still checked once).
+        check_prior: warn (:class:`PriorScaleWarning`) when a solve towards the data starts at
+            ``sigma >= 10`` from a state whose RMS is more than 4 times off the prior's standard
+            deviation there (an EDM model from ``randn``, a VP model from ``sigma_max * randn``).
+            ``False`` for a start state that is not a prior draw (a latent from an encode).
         **options: the solver's options (e.g. ``eta=0.5``, ``coordinates="lambda"``, ``rtol=1e-5``).
 
     Returns:
@@ -263,16 +306,31 @@ def integrate(
     if grad == "adjoint":
         run.adjoint_params = tuple(adjoint_params or ())
     stepper.check(run)
+    stepper.check_warmup(len(levels) - 1)
+    if check_prior:
+        _check_start_scale(model, x, levels)
     check_direction(levels, stepper.name)
     recorder = Recorder("steps" if save_trajectory and save_at is None else save_at)
     if not stepper.adaptive:
         recorder.check_levels(levels)
     with _grad_context(grad), _progress(progress, None if stepper.adaptive else len(levels) - 1, stepper.name) as bar:
         hooks = Hooks(recorder, bar, callback)
-        if isinstance(stepper, AdaptiveStepper):
-            out, stats = adaptive_loop(run, stepper, x, hooks)
-        else:
-            out, stats = fixed_loop(run, stepper, x, hooks, check_interval, plan)
+        # the solve works on its own copy: a network that writes into its input (caught at that call,
+        # NetworkOutputError) must not reach the caller's tensor; one copy of the state per call
+        # (under the grad mode: with grad=None the copy keeps no graph either)
+        x = x.clone()
+        try:
+            if isinstance(stepper, AdaptiveStepper):
+                out, stats = adaptive_loop(run, stepper, x, hooks)
+            else:
+                out, stats = fixed_loop(run, stepper, x, hooks, check_interval, plan)
+        except RuntimeError as exc:  # a step coefficient the state's dtype cannot hold (take_step names the step)
+            if "without overflow" not in str(exc):
+                raise
+            raise SolverError(
+                f"solver {stepper.name!r} needs a coefficient that a {str(x.dtype).replace('torch.', '')} state cannot "
+                f"hold ({exc}). Integrate a float32 state (pass `x` as x.float()), or take more, smaller steps."
+            ) from None
     trajectory, traj_sigmas, denoised = recorder.result()
     return Solution(x=out, nfe=run.nfe, sigmas=grid, solver=stepper.name, trajectory=trajectory,
                     trajectory_sigmas=traj_sigmas, denoised=denoised, stats={"steps": len(levels) - 1, **stats})

@@ -58,10 +58,13 @@ class EpsilonModel:
     Args:
         fn: the network. It receives the state ``x`` (model coordinates, i.e. ``alpha * xbar``
             for VP) and ``t``, a 1-D tensor with one native timestep per sample (the state's dtype
-            and device), and returns a tensor shaped like ``x``.
+            and device), and returns a floating-point tensor shaped like ``x`` (another float dtype
+            is cast to ``x``'s; an integer or boolean output is a :class:`NetworkOutputError`). It
+            must not write into ``x``: the solver still needs it, and a call that does is a
+            :class:`NetworkOutputError` naming the step.
         schedule: the :class:`~flowode.schedules.Schedule` the network was trained with.
         prediction: what ``fn`` returns: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"score"``.
-        clip_x0: optional ``(low, high)``; the x0 prediction is clamped to it and ``eps`` is
+        clip_x0: optional ``(low, high)`` with ``low < high``; the x0 prediction is clamped to it and ``eps`` is
             recomputed from the clamped x0 (DDPM's ``clip_denoised``).
         dynamic_threshold: optional percentile ``p`` in (0, 1); Imagen's dynamic thresholding
             (Saharia et al. 2022, sec. 2.3): ``s = max(1, quantile(|x0|, p))``, ``x0 <- clamp(x0, -s, s)/s``.
@@ -120,6 +123,8 @@ class EpsilonModel:
             )
         if prediction not in PREDICTIONS:
             raise ValueError(f"`prediction` must be one of {PREDICTIONS}, got {prediction!r}.")
+        if clip_x0 is not None:
+            clip_x0 = _check_clip(clip_x0)
         if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
             raise ValueError(f"`dynamic_threshold` is a percentile in (0, 1), got {dynamic_threshold}.")
         if (uncond_fn is not None or batched_cfg is not None) and guidance_scale is None:
@@ -209,39 +214,46 @@ class EpsilonModel:
         return x if x.dtype == nd else x.to(nd)
 
     def _net(self, x: Tensor, sigma: Level) -> Tensor:
-        """:meth:`network` under the dtype policy: the input cast to ``network_dtype``, the output
-        cast back to the state's dtype before any conversion."""
-        xin = self._cast_in(x)
-        if xin is x:
-            return self.network(x, sigma)
-        out = self.network(xin, sigma)
-        return out.to(x.dtype) if isinstance(out, Tensor) else out
+        """:meth:`network` under the dtype policy: the input cast to ``network_dtype`` (the output
+        is cast back to the state's dtype by :meth:`_check`, before any conversion)."""
+        return self.network(self._cast_in(x), sigma)
 
     def _raw(self, x: Tensor, sigma: Level) -> list[Tensor]:
-        """Outputs to be converted to eps; two for guidance, else one (each in the state's dtype)."""
+        """Outputs to be converted to eps; two for guidance, else one (in the network's dtype:
+        :meth:`_check` casts them to the state's)."""
         if self.uncond_fn is not None:
             t = self._timesteps(x, sigma)
             xin = self._cast_in(x)
             self.network_passes += 2
-            return [_back(self.fn(xin, t), x), _back(self.uncond_fn(xin, t), x)]
+            return [self.fn(xin, t), self.uncond_fn(xin, t)]
         if self.batched_cfg is not None:
             cond, uncond = self.batched_cfg
             t = self._timesteps(x, sigma)
             xin = self._cast_in(x)
             out = self.fn(torch.cat([xin, xin]), torch.cat([t, t]), torch.cat([cond, uncond]))  # type: ignore[call-arg]
             self.network_passes += 2
-            return [_back(o, x) for o in out.chunk(2)]
+            return list(out.chunk(2))
         self.network_passes += 1
         return [self._net(x, sigma)]
 
     def _check(self, out: Tensor, x: Tensor, sigma: Union[float, str], step: Optional[int],
-               check_finite: bool) -> None:
+               check_finite: bool) -> Tensor:
+        """The network's output, checked: shape, a floating dtype (cast to the state's: a float64
+        network output must not turn a float32 solve into a float64 one), finite values."""
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise NetworkOutputError(
                 f"the network returned shape {shape} at {_where(sigma, step)}, expected {tuple(x.shape)} "
                 "(the shape of the state x). Check the network's output channels."
             )
+        if out.dtype != x.dtype:
+            if not out.is_floating_point():
+                raise NetworkOutputError(
+                    f"the network returned dtype {out.dtype} at {_where(sigma, step)}; a prediction must be a "
+                    f"floating-point tensor like the state x ({x.dtype}). Return the network's output "
+                    "before any rounding, argmax or comparison."
+                )
+            out = out.to(x.dtype)
         # one reduction first (NaN / Inf propagate through a sum); the exact element-wise test only
         # when the sum is not finite (a bad entry, or a sum that overflowed)
         if check_finite and not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
@@ -251,6 +263,7 @@ class EpsilonModel:
                 f"{' ...' if len(bad) > 10 else ''}. Lower the step size, check the inputs, or "
                 "run the network in float32."
             )
+        return out
 
     # ----------------------------------------------------------------------------- predict
     def predict(self, x: Tensor, sigma: Union[float, Tensor], *, check: bool = True,
@@ -276,17 +289,22 @@ class EpsilonModel:
         alpha, std = hit if hit is not None else self.coefficients(sigma)
         if self.uncond_fn is None and self.batched_cfg is None:  # one network call (the fast path)
             self.network_passes += 1
+            version = x._version
             out = self._net(x, sigma)
-            if check or not isinstance(out, Tensor) or out.shape != x.shape:
-                self._check(out, x, sigma, step, check and self.check_finite)
+            if x._version != version:
+                raise _mutated(sigma, step)
+            if check or not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype:
+                out = self._check(out, x, sigma, step, check and self.check_finite)
             self.nfe += 1
             if (self.prediction == "eps" and alpha != 0.0 and self.clip_x0 is None
                     and self.dynamic_threshold is None):
                 return Prediction(out, x=x, alpha=alpha, sigma=sigma)
             return self._finish([self._convert(out, x, sigma, alpha, std)], x, alpha, std)
+        version = x._version
         outs = self._raw(x, sigma)
-        for out in outs:
-            self._check(out, x, sigma, step, check and self.check_finite)
+        if x._version != version:
+            raise _mutated(sigma, step)
+        outs = [self._check(out, x, sigma, step, check and self.check_finite) for out in outs]
         self.nfe += 1
         preds = [self._convert(o, x, sigma, alpha, std) for o in outs]
         return self._finish(preds, x, alpha, std)
@@ -303,10 +321,12 @@ class EpsilonModel:
             return self._predict_by_level(x, sig, check, step)
         alpha = per_sample(torch.as_tensor(self.schedule.alpha_from_sigma(sig)), x)
         std = per_sample(torch.as_tensor(self.schedule.std_from_sigma(sig)), x)
+        version = x._version
         outs = self._raw(x, sig)
-        for out in outs:
-            where = f"per-sample sigma in [{float(sig.min()):.6g}, {float(sig.max()):.6g}]"
-            self._check(out, x, where, step, check and self.check_finite)
+        where = f"per-sample sigma in [{float(sig.min()):.6g}, {float(sig.max()):.6g}]"
+        if x._version != version:
+            raise _mutated(where, step)
+        outs = [self._check(out, x, where, step, check and self.check_finite) for out in outs]
         self.nfe += 1
         preds = [self._convert(o, x, per_sample(sig, x), alpha, std) for o in outs]
         return self._finish(preds, x, alpha, std)
@@ -434,9 +454,24 @@ class EpsilonModel:
 _NETWORK_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _back(out: Tensor, x: Tensor) -> Tensor:
-    """A network output in the state's dtype (a non-tensor is left for the shape check to name)."""
-    return out.to(x.dtype) if isinstance(out, Tensor) and out.dtype != x.dtype else out
+def _check_clip(clip: object) -> tuple[float, float]:
+    """``clip_x0`` as ``(low, high)`` with ``low < high`` (``(1, -1)`` would clamp every x0 to -1)."""
+    try:
+        low, high = (float(v) for v in clip)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise ValueError(f"`clip_x0` must be a pair (low, high) of numbers, e.g. (-1, 1), got {clip!r}.") from None
+    if not low < high or math.isnan(low) or math.isnan(high):
+        raise ValueError(f"`clip_x0` must be (low, high) with low < high, got {clip!r}; for data in [-1, 1] "
+                         "pass clip_x0=(-1, 1).")
+    return low, high
+
+
+def _mutated(sigma: Union[float, str], step: Optional[int]) -> NetworkOutputError:
+    return NetworkOutputError(
+        f"the network modified its input x in place at {_where(sigma, step)}; the solver still needs x after "
+        "the call, so the step would use a corrupted state. Work on a copy inside the network "
+        "(x = x.clone()) or use out-of-place operations (x = x * s, not x *= s)."
+    )
 
 
 def _where(sigma: Union[float, str], step: Optional[int]) -> str:

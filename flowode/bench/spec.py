@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from ..solvers import SOLVERS, UnknownSolverError, get_class, make
+from ..solvers.options import coerce_options
 from .peers import get_peer, is_peer
 from .problems import Problem
 
@@ -134,7 +135,10 @@ def resolve_solvers(specs: Iterable[Union[str, dict, tuple]], *,
     for spec in specs:
         name, opts = parse_solver_spec(spec)
         try:
-            ok.append((_canonical(name, opts, peers), opts))
+            canon = _canonical(name, opts, peers)
+            if not is_peer(name):  # the options as the solver reads them ("False" is False), for labels and keys
+                opts = coerce_options(get_class(name), opts)
+            ok.append((canon, opts))
         except UnknownSolverError as exc:
             missing.append(str(exc))
     return ok, missing

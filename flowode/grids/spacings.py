@@ -105,6 +105,12 @@ def sigma_grid(
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise GridError(f"`steps` must be a positive integer, got {steps!r}.")
     steps = int(steps)
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise GridError(f"`offset` (diffusers' steps_offset) must be an integer >= 0, got {offset!r}: a fractional "
+                        "offset would move every timestep of the grid off the integers the network was trained on.")
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho > 0):
+        raise GridError(f"`rho` (the Karras exponent) must be a finite number > 0, got {rho!r}; Karras et al. "
+                        "use rho=7.")
     spacing = spacing or schedule.default_spacing
     if spacing not in SPACINGS:
         raise GridError(f"unknown `spacing` {spacing!r}; choose one of {', '.join(SPACINGS)}.")
@@ -154,8 +160,14 @@ def sigma_grid(
         if not math.isfinite(smax):
             raise GridError("spacing 'karras' needs a finite sigma_max; pass `sigma_max=`.")
         ramp = torch.linspace(0.0, 1.0, n_levels, dtype=torch.float64)
-        lo, hi = smin ** (1 / rho), smax ** (1 / rho)
+        try:
+            lo, hi = smin ** (1 / rho), smax ** (1 / rho)
+        except OverflowError:
+            lo = hi = math.inf
         levels = (hi + ramp * (lo - hi)) ** rho
+        if not (math.isfinite(hi) and bool(torch.isfinite(levels).all())):
+            raise GridError(f"`rho`={rho!r} is too small for the range [{smin:.6g}, {smax:.6g}]: sigma^(1/rho) "
+                            "overflows. Use rho >= 1 (Karras et al. use rho=7).")
     if n_levels > 1:  # pin the ends exactly (no round-off at the range limits)
         levels[0], levels[-1] = smax, smin
     if final == "zero":

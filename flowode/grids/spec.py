@@ -47,14 +47,18 @@ def steps_for_nfe(solver: Any, nfe: int, grid_for_steps: Callable[[int], Tensor]
     ``grid_for_steps(steps)`` returns the grid for a step count; :meth:`Stepper.nfe` counts it
     exactly (a dry run of the driver: boundary steps, warm-up of multistep methods included).
     Step counts the spacing cannot build (more steps than training timesteps, repeated timesteps)
-    end the search; before the first buildable count they are skipped.
+    count as over the budget; before the first buildable count they are skipped. The search takes
+    O(log nfe) dry runs (the cost is non-decreasing in the step count).
+
+    Raises:
+        GridError: a budget no step count fits, or one that is not a positive integer.
     """
     if getattr(solver, "adaptive", False):
         from ..solvers.base import SolverError
 
         raise SolverError(f"`nfe` budgets apply to fixed-step solvers; {solver.name!r} is adaptive (use `max_nfe`).")
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
-        raise ValueError(f"`nfe` must be a positive integer, got {nfe!r}.")
+        raise GridError(f"`nfe` must be a positive integer (an evaluation budget), got {nfe!r}.")
     nfe = int(nfe)
     grids: dict[int, Optional[Tensor]] = {}
     first_error: list[GridError] = []
@@ -72,30 +76,57 @@ def steps_for_nfe(solver: Any, nfe: int, grid_for_steps: Callable[[int], Tensor]
         g = grid(steps)
         return None if g is None else solver.nfe([float(v) for v in g.tolist()], schedule)
 
-    # the cost grows with the step count: walk up from the first buildable count while it fits
-    best = 0
+    # the cost grows with the step count: skip the counts the spacing cannot build at the start
     steps = 1
     while steps <= nfe and cost(steps) is None:  # e.g. linspace + final="min" cannot build one step
         steps += 1
     if steps > nfe:
-        raise first_error[0]
+        # the same message for every count (an unknown spacing): that one
+        if len(first_error) > 1 and len({str(e) for e in first_error}) == 1:
+            raise first_error[0]
+        raise GridError(f"`nfe`={nfe} is too small for solver {solver.name!r} on this spacing: no step count up to "
+                        f"{nfe} builds a grid ({first_error[0]}). Give a larger `nfe`, or `steps`.")
     first = cost(steps)
     assert first is not None
     if first > nfe:
-        raise ValueError(f"`nfe`={nfe} is too small for solver {solver.name!r}: even {steps} step(s) cost {first} "
-                         "evaluations.")
-    # jump close to the answer (cost ~ steps * nfe_per_step), then walk
-    per_step = max(1.0, first / steps)
-    guess = max(steps, min(nfe, int(nfe / per_step)))
-    while guess > steps and (cost(guess) is None or cost(guess) > nfe):  # type: ignore[operator]
-        guess -= 1
-    best = guess
-    while best + 1 <= nfe:
-        c = cost(best + 1)
-        if c is None or c > nfe:
-            break
-        best += 1
-    return best
+        raise GridError(
+            f"`nfe`={nfe} is too small for solver {solver.name!r} on this spacing: even {steps} step(s) cost "
+            f"{first} evaluations. Give `nfe` >= {first}, or `steps` instead of `nfe`."
+        )
+
+    def fits(n: int) -> bool:
+        c = cost(n)
+        return c is not None and c <= nfe
+
+    # Search in O(log nfe) dry runs (each costs O(steps)), not a walk of one step at a time: guess
+    # from the cost's slope between two small counts (the cost is affine beyond the warm-up for every
+    # fixed-step solver), check the guess and its neighbour, and bisect when the guess is off.
+    lo, hi = steps, nfe + 1  # fits(lo); hi: the first count known not to fit (or out of range)
+    probe = min(steps + 8, nfe)
+    if probe > lo and fits(probe):
+        c_lo, c_probe = cost(lo), cost(probe)
+        assert c_lo is not None and c_probe is not None
+        slope = max((c_probe - c_lo) / (probe - lo), 1e-12)
+        lo = probe
+        guess = min(nfe, max(lo, int(lo + (nfe - c_probe) / slope)))
+        if fits(guess):
+            lo = guess
+            if guess + 1 <= nfe and not fits(guess + 1):
+                hi = guess + 1
+        else:
+            hi = guess
+    elif probe > lo:
+        hi = probe
+    while hi - lo > 1:
+        if hi == nfe + 1 and lo * 2 < hi:  # gallop up before bisecting an open range
+            mid = lo * 2
+        else:
+            mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def resolve_grid(
@@ -118,7 +149,8 @@ def resolve_grid(
 
     Raises:
         GridError: a bad grid or grid keyword; an explicit ``sigmas`` that is not decreasing.
-        ValueError: not exactly one of ``steps`` / ``nfe`` / ``sigmas``; an infeasible budget.
+        ValueError: not exactly one of ``steps`` / ``nfe`` / ``sigmas``.
+        GridError: an infeasible ``nfe`` budget (a ValueError too).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"`direction` must be one of {DIRECTIONS}, got {direction!r}.")

@@ -160,9 +160,13 @@ def solve_fixed_point(
             ff = f.flatten(1)
             df = torch.stack([ff - h.flatten(1) for h in f_hist], -1)  # (b, D, m)
             dg = torch.stack([g.flatten(1) - h.flatten(1) for h in g_hist], -1)
-            gamma = torch.linalg.lstsq(df.to(torch.float64), ff.to(torch.float64).unsqueeze(-1)).solution
+            df64, ff64 = df.to(torch.float64), ff.to(torch.float64).unsqueeze(-1)
+            # a sample whose residuals overflowed (a float16 state) takes the plain step: LAPACK's
+            # least squares fails on NaN / Inf entries ("illegal value"), for the whole batch
+            finite = (torch.isfinite(df64).flatten(1).all(1) & torch.isfinite(ff64).flatten(1).all(1)).view(-1, 1, 1)
+            gamma = torch.linalg.lstsq(torch.where(finite, df64, 0.0), torch.where(finite, ff64, 0.0)).solution
             step = (dg.to(torch.float64) @ gamma).squeeze(-1).to(g.dtype).view_as(g)
-            ok = torch.isfinite(step.flatten(1)).all(1).view(-1, *([1] * (g.dim() - 1)))
+            ok = (torch.isfinite(step.flatten(1)).all(1) & finite.flatten()).view(-1, *([1] * (g.dim() - 1)))
             y_new = torch.where(ok, g - step, g)
         else:
             y_new = g

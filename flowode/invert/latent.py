@@ -59,6 +59,11 @@ def latent_stats(z: Tensor, *, scale: Optional[float] = None, alpha: float = 1e-
 
     if not isinstance(z, Tensor) or z.dim() < 1 or z.shape[0] < 1:
         raise ValueError("`z` must be a tensor with a batch dimension.")
+    if not z.is_floating_point():
+        raise TypeError(f"`z` must be a floating-point tensor, got {z.dtype}.")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not (np.isfinite(scale) and scale > 0)):
+        raise ValueError(f"`scale` must be a finite number > 0 (e.g. sqrt(1 + sigma_max^2)), got {scale!r}.")
     flat = z.detach().to("cpu", torch.float64).flatten(1)
     if scale is not None:
         flat = flat / float(scale)
@@ -66,13 +71,17 @@ def latent_stats(z: Tensor, *, scale: Optional[float] = None, alpha: float = 1e-
     coords = flat.flatten().numpy()
     if coords.size > max_coordinates:
         coords = coords[:: int(np.ceil(coords.size / max_coordinates))]
-    mean, std = float(coords.mean()), float(coords.std(ddof=1)) if coords.size > 1 else float("nan")
+    with np.errstate(invalid="ignore"):  # a NaN latent is reported below, not warned about by numpy
+        mean, std = float(coords.mean()), float(coords.std(ddof=1)) if coords.size > 1 else float("nan")
     ks = stats.kstest(coords, "norm")
     sq = (flat**2).sum(1).numpy()
     cdf = stats.chi2.cdf(sq, d)
     norm_p = 2 * np.minimum(cdf, 1 - cdf)
     chi = stats.kstest(sq, stats.chi2(d).cdf)
     reasons = []
+    bad = int((~torch.isfinite(flat)).sum())
+    if bad:  # NaN compares false with every threshold: without this a NaN latent passed both tests
+        reasons.append(f"{bad} of {flat.numel()} coordinates are NaN/Inf")
     if ks.pvalue < alpha:
         reasons.append(f"coordinates fail KS vs N(0,1) (p={ks.pvalue:.2g})")
     if chi.pvalue < alpha:

@@ -25,7 +25,20 @@ from torch import Tensor
 
 Number = Union[float, int, Tensor]
 
-__all__ = ["Schedule", "sigma_to_lambda", "lambda_to_sigma"]
+__all__ = ["Schedule", "sigma_to_lambda", "lambda_to_sigma", "check_positive"]
+
+
+def check_positive(name: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as a float if it is a finite number ``> 0`` (``>= 0`` with ``zero=True``); else a
+    ``ValueError`` naming the argument and the value (inf and NaN would make the noise range NaN)."""
+    bound = ">= 0" if zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, Tensor) and value.numel() == 1):
+        raise ValueError(f"`{name}` must be a finite number {bound}, got {value!r} ({type(value).__name__}).")
+    v = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
+        raise ValueError(f"`{name}` must be a finite number {bound}, got {v!r}.")
+    return v
 
 
 def _f64(value: Number) -> Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Schedule
+from .base import Schedule, check_positive
 
 __all__ = ["VESchedule", "EDMSchedule"]
 
@@ -30,7 +30,8 @@ class VESchedule(_UnitSignal):
     ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` (Song et al. 2021, score-SDE, eq. 31)."""
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
-        if not 0 < sigma_min < sigma_max:
+        sigma_min, sigma_max = check_positive("sigma_min", sigma_min), check_positive("sigma_max", sigma_max)
+        if not sigma_min < sigma_max:
             raise ValueError(f"need 0 < `sigma_min` < `sigma_max`, got {sigma_min}, {sigma_max}.")
         self._smin, self._smax = float(sigma_min), float(sigma_max)
         self._log_ratio = math.log(self._smax / self._smin)
@@ -51,7 +52,8 @@ class EDMSchedule(_UnitSignal):
     """EDM schedule (Karras et al. 2022, Table 1): ``sigma(t) = t``, ``alpha = 1``."""
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
-        if not 0 < sigma_min < sigma_max:
+        sigma_min, sigma_max = check_positive("sigma_min", sigma_min), check_positive("sigma_max", sigma_max)
+        if not sigma_min < sigma_max:
             raise ValueError(f"need 0 < `sigma_min` < `sigma_max`, got {sigma_min}, {sigma_max}.")
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
         self.default_spacing = "karras"

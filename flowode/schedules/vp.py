@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Number, Schedule, _f64, _like
+from .base import Number, Schedule, _f64, _like, check_positive
 
 __all__ = ["VPSchedule", "DiscreteVPSchedule", "LinearVPSchedule", "CosineVPSchedule", "rescale_zero_terminal_snr"]
 
@@ -58,7 +59,7 @@ class DiscreteVPSchedule(VPSchedule):
     default_spacing = "trailing"
 
     def __init__(self, betas: Tensor) -> None:
-        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        betas = _vector("betas", betas)
         if betas.numel() < 2:
             raise ValueError(f"`betas` needs at least 2 entries, got {betas.numel()}.")
         if not torch.all((betas > 0) & (betas <= 1)):
@@ -100,6 +101,7 @@ class DiscreteVPSchedule(VPSchedule):
         ``abar(t) = f(t)/f(0)``, ``f(t) = cos^2(((t/N) + s)/(1 + s) * pi/2)`` and
         ``beta_n = min(1 - abar(n+1)/abar(n), max_beta)`` as in diffusers' ``squaredcos_cap_v2``.
         """
+        num_timesteps = _num_timesteps(num_timesteps)
         n = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
         f = torch.cos((n + s) / (1 + s) * math.pi / 2) ** 2
         betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
@@ -113,7 +115,7 @@ class DiscreteVPSchedule(VPSchedule):
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod: Tensor) -> "DiscreteVPSchedule":
         """Build from ``abar_n`` directly (e.g. a diffusers scheduler's ``alphas_cumprod``)."""
-        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        abar = _vector("alphas_cumprod", alphas_cumprod)
         prev = torch.cat([abar.new_ones(1), abar[:-1]])
         return cls(1 - abar / prev)
 
@@ -203,8 +205,27 @@ class DiscreteVPSchedule(VPSchedule):
         return torch.where(finite, log_linear, abar_linear)
 
 
+def _vector(name: str, values: Tensor) -> Tensor:
+    """``values`` as a 1-D float64 tensor; a 2-D table is refused (flattening it would build a
+    schedule of rows * columns timesteps out of unrelated numbers)."""
+    t = torch.as_tensor(values)
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"`{name}` must hold real numbers, got dtype {t.dtype}.")
+    if t.dim() != 1:
+        raise ValueError(f"`{name}` must be 1-D (one value per timestep), got shape {tuple(t.shape)}; "
+                         "pass the one row that belongs to the schedule.")
+    return t.to(torch.float64)
+
+
+def _num_timesteps(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 2:
+        raise ValueError(f"`num_timesteps` must be an integer >= 2 (the training timesteps), got {n!r}.")
+    return int(n)
+
+
 def _linspace_betas(beta_start: float, beta_end: float, n: int, power: int) -> Tensor:
     """``linspace(b0^(1/p), b1^(1/p), n)^p`` in float64 (p = 1: DDPM linear; p = 2: scaled linear)."""
+    n = _num_timesteps(n)
     if power == 1:
         return torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
     return torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), n, dtype=torch.float64) ** power
@@ -233,9 +254,11 @@ class LinearVPSchedule(VPSchedule):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3,
                  t_max: float = 1.0) -> None:
-        if not 0 < beta_min < beta_max:
+        beta_min, beta_max = check_positive("beta_min", beta_min), check_positive("beta_max", beta_max)
+        t_min, t_max = check_positive("t_min", t_min), check_positive("t_max", t_max)
+        if not beta_min < beta_max:
             raise ValueError(f"need 0 < `beta_min` < `beta_max`, got {beta_min}, {beta_max}.")
-        if not 0 < t_min < t_max:
+        if not t_min < t_max:
             raise ValueError(f"need 0 < `t_min` < `t_max`, got {t_min}, {t_max}.")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.t_min, self.t_max = float(t_min), float(t_max)
@@ -247,10 +270,12 @@ class LinearVPSchedule(VPSchedule):
         return torch.sqrt(torch.expm1(self._neg_log_abar(t)))
 
     def _t(self, sigma: Tensor) -> Tensor:
-        ell = torch.log1p(sigma * sigma)  # = -log abar
+        big = sigma > 1e150  # sigma * sigma overflows: -log abar = 2 log sigma to round-off there
+        ell = torch.where(big, 2 * torch.log(sigma), torch.log1p(torch.where(big, 0.0, sigma) ** 2))  # = -log abar
         d = self.beta_max - self.beta_min
         # root of d/2 t^2 + beta_min t - ell = 0, in the cancellation-free form
-        return 2 * ell / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * ell))
+        t = 2 * ell / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * ell))
+        return torch.where(torch.isinf(sigma), torch.inf, t)
 
     def _dsigma_dt(self, t: Tensor) -> Tensor:
         s = self._sigma(t)
@@ -266,6 +291,8 @@ class CosineVPSchedule(VPSchedule):
     """
 
     def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946) -> None:
+        s = check_positive("s", s, zero=True)  # s < 0 makes abar > 1 near t = 0: sigma is NaN there
+        t_min, t_max = check_positive("t_min", t_min, zero=True), check_positive("t_max", t_max)
         if not 0 <= t_min < t_max <= 1:
             raise ValueError(f"need 0 <= `t_min` < `t_max` <= 1, got {t_min}, {t_max}.")
         self.s = float(s)
@@ -287,11 +314,15 @@ class CosineVPSchedule(VPSchedule):
     def _t(self, sigma: Tensor) -> Tensor:
         # tan^2(phi) = (sigma^2 + sin^2 phi0) / cos^2 phi0; phi - phi0 by the arctan subtraction rule
         sin0, cos0 = math.sin(self._phi0), math.cos(self._phi0)
-        u = torch.hypot(sigma, torch.full_like(sigma, sin0))  # sqrt(sigma^2 + sin0^2) without overflow
-        dphi = torch.atan2(sigma * (sigma / (u + sin0)) * cos0, cos0 * cos0 + u * sin0)
-        t = dphi * (2 * (1 + self.s) / math.pi)
-        # sigma = inf (t_max = 1: zero terminal SNR) is inf / inf above; there phi = pi/2 and t = 1
-        return torch.where(torch.isinf(sigma), torch.ones_like(t), t)
+        # sigma * sigma overflows beyond ~1e154: there (and at sigma = inf, t = 1) the limit
+        # dphi -> pi/2 - phi0 - cos0 / sigma is exact to round-off (and monotone, unlike atan2 of huge values)
+        big = sigma > 1e150
+        sg = torch.where(big, torch.ones_like(sigma), sigma)
+        u = torch.sqrt(sg * sg + sin0 * sin0)
+        dphi = torch.atan2(sg * sg * cos0 / (u + sin0), cos0 * cos0 + u * sin0)
+        far = (math.pi / 2 - self._phi0) - cos0 / sigma
+        t = torch.where(big, far, dphi) * (2 * (1 + self.s) / math.pi)
+        return torch.where(torch.isinf(sigma), 1.0, t)  # phi = pi/2 exactly
 
     def _dsigma_dt(self, t: Tensor) -> Tensor:
         s = self._sigma(t)

@@ -10,7 +10,7 @@ from . import external as _external  # noqa: F401  (registers dopri5 ... scipy_l
 from . import multistep as _multistep  # noqa: F401  (registers plms, ipndm, adams_bashforth, deis)
 from . import rk as _rk  # noqa: F401  (registers euler ... rk38, bs23, bs23_per_sample, dp45)
 from . import stochastic as _stochastic  # noqa: F401  (registers euler_maruyama ... dpm_solver++_sde)
-from .base import AdaptiveStepper, MaxNFEError, SolverError, Step, Stepper
+from .base import AdaptiveStepper, MaxNFEError, SolverError, Step, Stepper, WarmupWarning
 from .boundary import Boundary
 from .registry import SOLVERS, UnknownSolverError, available, get_class, make, register
 from .rk import TABLEAUS, ButcherTableau, EmbeddedRungeKutta, RungeKutta, register_tableau
@@ -19,5 +19,5 @@ from .run import Run
 __all__ = [
     "Stepper", "AdaptiveStepper", "Step", "Run", "Boundary", "SolverError", "MaxNFEError", "SOLVERS",
     "UnknownSolverError", "available", "get_class", "make", "register", "ButcherTableau", "RungeKutta",
-    "EmbeddedRungeKutta", "register_tableau", "TABLEAUS",
+    "EmbeddedRungeKutta", "register_tableau", "TABLEAUS", "WarmupWarning",
 ]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from typing import Any, Union
 
 from .base import Stepper
+from .options import coerce_options
 
 __all__ = ["SOLVERS", "register", "available", "make", "get_class", "UnknownSolverError"]
 
@@ -30,7 +32,25 @@ def register(cls: type[Stepper]) -> type[Stepper]:
     if cls.name in SOLVERS and SOLVERS[cls.name] is not cls:
         raise ValueError(f"solver name {cls.name!r} is registered twice.")
     SOLVERS[cls.name] = cls
+    _check_options_on_init(cls)
     return cls
+
+
+def _check_options_on_init(cls: type[Stepper]) -> None:
+    """Make ``cls(...)`` check its options like :func:`make` (``UniPC(corrector="False")`` is
+    ``corrector=False``, ``DDIM(eta="abc")`` a :class:`SolverError` naming ``eta``)."""
+    init = cls.__dict__.get("__init__")
+    if init is None or getattr(init, "_flowode_checked", False):
+        return
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(zip(names, args))
+        init(self, **coerce_options(type(self), kwargs))
+
+    checked._flowode_checked = True  # type: ignore[attr-defined]
+    cls.__init__ = checked  # type: ignore[method-assign]
 
 
 def available() -> list[str]:
@@ -72,4 +92,4 @@ def make(solver: Union[str, Stepper, type[Stepper]], **options: Any) -> Stepper:
             f"solver {cls.name!r} got unknown option(s) {', '.join(parts)}; it takes "
             f"{', '.join(valid) if valid else 'no options'}."
         )
-    return cls(**options)
+    return cls(**coerce_options(cls, options))

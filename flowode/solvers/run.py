@@ -100,7 +100,9 @@ class Run:
         else:  # a subclass that overrides predict(x, sigma): check its eps here
             pred = self.model.predict(x, sigma)
             level = float(sigma) if not isinstance(sigma, Tensor) or sigma.dim() == 0 else "per-sample sigma"
-            self.model._check(pred.eps, x, level, self.step, self.check_calls and self.model.check_finite)
+            eps = self.model._check(pred.eps, x, level, self.step, self.check_calls and self.model.check_finite)
+            if eps is not pred.eps:  # cast to the state's dtype
+                pred = Prediction(eps, pred.x0.to(x.dtype))
         self.nfe += 1
         return pred
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from ..base import AdaptiveStepper, IntervalResult
+from ..base import AdaptiveStepper, IntervalResult, SolverError
 from ..registry import register
 from ..run import BudgetExhausted
 
@@ -85,6 +85,12 @@ class TorchdiffeqSolver(AdaptiveStepper):
                            on_accept: Callable[..., None]) -> IntervalResult:
         from torchdiffeq import odeint, odeint_adjoint
 
+        if y0.dtype not in (torch.float32, torch.float64):
+            raise SolverError(
+                f"solver {self.name!r} (torchdiffeq) cannot integrate a {str(y0.dtype).replace('torch.', '')} state: "
+                "its step-size control computes in the state's dtype, which overflows (the noise level becomes "
+                "NaN). Pass `x` as float32 or float64, or use flowode's own pairs 'dp45' / 'bs23'."
+            )
         sign = 1.0 if s1 > s0 else -1.0
         rec = _Recorder(field, on_accept, sign)
         times = torch.tensor([s0] + outputs, dtype=torch.float64, device=y0.device)

@@ -79,6 +79,12 @@ class DPMSolverPP2MSDE(Stepper):
     strong_order = 1.0
     weak_order = 2.0  # measured on Gaussian data (a linear SDE); Lu et al. 2022b prove no weak order
 
+    @property
+    def warmup_steps(self) -> int:
+        """One first-order step before the two-point history exists (``order`` is the strong order 1
+        here, so the default ``order - 1`` would say none)."""
+        return 1
+
     def __post_init__(self) -> None:
         _check_eta(self.name, self.eta, self.s_noise)
         check_choice(self.name, "solver_type", self.solver_type, ("midpoint", "heun"))
