@@ -52,6 +52,14 @@ def test_blocks_assign_and_mine() -> None:
         distributed.blocks(4, 0)
 
 
+def test_sample_refuses_a_bad_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flowode.cli import main
+
+    assert main(["sample", "--block", "0", "--out", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "`--block` must be a positive integer, got 0" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("solver", ["dpm_solver++_2m", "ddpm"])
 def test_sample_two_ranks_bitwise(tmp_path: Path, solver: str) -> None:
     args = ["sample", "--samples", "40", "--block", "16", "--steps", "4", "--solver", solver]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from pathlib import Path
 
 
@@ -142,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         if args.x0_grid and dist.world > 1:
             raise ValueError("`--x0-grid` needs one process; run it without torchrun.")
         device = str(check_device(dist.device))
+        if dist.main and len(todo) < dist.world:
+            print(f"flowode sample: {len(todo)} block(s) of --block {args.block} for {dist.world} ranks: "
+                  f"{dist.world - len(todo)} rank(s) stay idle; a smaller --block spreads the work.", file=sys.stderr)
         if args.x0_grid:  # one block, one process: keep the trajectory for the figure
             sol = _solve_block(prob, name, opts, steps, nfe, args, todo[0], device, True)
             x, nfe_done, label, steps_done = sol.x.detach().cpu(), str(sol.nfe), sol.solver, str(sol.steps)
