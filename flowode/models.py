@@ -12,7 +12,7 @@ evaluations, for a user's own bookkeeping; flowode never reads or resets it.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -80,6 +80,16 @@ class EpsilonModel:
         check_finite: let :func:`flowode.integrate` check for NaN / Inf (default True; it names the
             step and sigma of the first bad network output). ``predict`` called directly checks
             every output.
+        network_dtype: the dtype the network runs in (the dtype policy, docs/scale-out.md):
+            ``None`` (default) passes the state's own dtype; ``torch.bfloat16`` / ``torch.float16`` /
+            ``torch.float32`` cast ``x`` to it before each call and the output back to the state's
+            dtype at once, so the solver state, the conversions (eps / x0 / v, guidance,
+            thresholding), the coefficients and the noise levels stay in the state's float32 /
+            float64. The timestep ``t`` is never rounded to a half-precision dtype (bfloat16 would
+            turn t = 999 into 1000): it comes in float32 (or the state's float64), and the network
+            embeds it itself, as diffusers' UNets and :mod:`flowode.nets` do. A half-precision
+            state is refused when it is set. :meth:`cast_network` builds such a model with the
+            weights cast too.
 
     Attributes:
         nfe: lifetime number of evaluations of this object (a guided evaluation counts once; see
@@ -107,6 +117,7 @@ class EpsilonModel:
         uncond_fn: Optional[NetworkFn] = None,
         batched_cfg: Optional[tuple[Tensor, Tensor]] = None,
         check_finite: bool = True,
+        network_dtype: Optional[torch.dtype] = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"`fn` must be callable fn(x, t) -> tensor, got {type(fn).__name__}.")
@@ -134,6 +145,10 @@ class EpsilonModel:
             raise ValueError("give either `uncond_fn` (two calls) or `batched_cfg` (one call), not both.")
         if guidance_scale is not None and uncond_fn is None and batched_cfg is None:
             raise ValueError("`guidance_scale` needs `uncond_fn` or `batched_cfg`.")
+        if network_dtype is not None and network_dtype not in _NETWORK_DTYPES:
+            raise TypeError(f"`network_dtype` must be None or one of torch.float16, torch.bfloat16, torch.float32, "
+                            f"torch.float64, got {network_dtype!r}.")
+        self.network_dtype = network_dtype
         self.fn = fn
         self.schedule = schedule
         self.prediction = prediction
@@ -187,10 +202,12 @@ class EpsilonModel:
     def _timesteps(self, x: Tensor, sigma: Level) -> Tensor:
         """The network's ``t`` argument: one native timestep per sample (a fresh tensor per call:
         caching these small tensors across steps pinned the heap between the network's large
-        activations and made peak memory grow with the number of steps, benchmarks/memory.py)."""
+        activations and made peak memory grow with the number of steps, benchmarks/memory.py).
+        Float32 for a half-precision ``x`` (bfloat16 would round t = 999 to 1000)."""
+        dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         if isinstance(sigma, Tensor):
-            return torch.as_tensor(self.schedule.t(sigma.detach().to("cpu", torch.float64))).to(x)
-        return torch.full((x.shape[0],), self.timestep(sigma), dtype=x.dtype, device=x.device)
+            return torch.as_tensor(self.schedule.t(sigma.detach().to("cpu", torch.float64))).to(x.device, dtype)
+        return torch.full((x.shape[0],), self.timestep(sigma), dtype=dtype, device=x.device)
 
     # ----------------------------------------------------------------------------- network
     def network(self, x: Tensor, sigma: Level) -> Tensor:
@@ -198,20 +215,39 @@ class EpsilonModel:
         tensor of per-sample levels). Subclasses may override."""
         return self.fn(x, self._timesteps(x, sigma))
 
+    def _cast_in(self, x: Tensor) -> Tensor:
+        """``x`` in the network dtype (the dtype policy); the state itself must be float32 / float64."""
+        nd = self.network_dtype
+        if nd is None:
+            return x
+        if x.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"the solver state is {str(x.dtype).replace('torch.', '')} with `network_dtype` "
+                             f"{str(nd).replace('torch.', '')}: keep the state (x_T) in float32 or float64 and let "
+                             "`network_dtype` set the network's precision.")
+        return x if x.dtype == nd else x.to(nd)
+
+    def _net(self, x: Tensor, sigma: Level) -> Tensor:
+        """:meth:`network` under the dtype policy: the input cast to ``network_dtype`` (the output
+        is cast back to the state's dtype by :meth:`_check`, before any conversion)."""
+        return self.network(self._cast_in(x), sigma)
+
     def _raw(self, x: Tensor, sigma: Level) -> list[Tensor]:
-        """Outputs to be converted to eps; two for guidance, else one."""
+        """Outputs to be converted to eps; two for guidance, else one (in the network's dtype:
+        :meth:`_check` casts them to the state's)."""
         if self.uncond_fn is not None:
             t = self._timesteps(x, sigma)
+            xin = self._cast_in(x)
             self.network_passes += 2
-            return [self.fn(x, t), self.uncond_fn(x, t)]
+            return [self.fn(xin, t), self.uncond_fn(xin, t)]
         if self.batched_cfg is not None:
             cond, uncond = self.batched_cfg
             t = self._timesteps(x, sigma)
-            out = self.fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))  # type: ignore[call-arg]
+            xin = self._cast_in(x)
+            out = self.fn(torch.cat([xin, xin]), torch.cat([t, t]), torch.cat([cond, uncond]))  # type: ignore[call-arg]
             self.network_passes += 2
             return list(out.chunk(2))
         self.network_passes += 1
-        return [self.network(x, sigma)]
+        return [self._net(x, sigma)]
 
     def _check(self, out: Tensor, x: Tensor, sigma: Union[float, str], step: Optional[int],
                check_finite: bool) -> Tensor:
@@ -267,7 +303,7 @@ class EpsilonModel:
         if self.uncond_fn is None and self.batched_cfg is None:  # one network call (the fast path)
             self.network_passes += 1
             version = x._version
-            out = self.network(x, sigma)
+            out = self._net(x, sigma)
             if x._version != version:
                 raise _mutated(sigma, step)
             if check or not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype:
@@ -382,12 +418,14 @@ class EpsilonModel:
 
     def prior_sample(self, shape: tuple[int, ...], sigma: Optional[float] = None, *,
                      generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-                     device: Union[str, torch.device] = "cpu", seed: Optional[int] = None) -> Tensor:
+                     device: Union[str, torch.device] = "cpu", seed: Optional[int] = None,
+                     indices: Optional[Sequence[int]] = None) -> Tensor:
         """Draw the state at ``sigma`` (default ``sigma_max``) from the prior ``N(0, std^2 I)``
         with ``std = alpha * sqrt(1 + sigma^2)`` in ``x`` coordinates (1 for VP, ``sqrt(1+sigma^2)``
         for VE), ignoring the data variance as the peers do. ``seed=`` keys the draw by
         ``(seed, sample index)`` (:func:`flowode.noise.keyed_normal`): sample ``i`` is the same at any
-        batch size, which a ``generator`` does not promise."""
+        batch size, which a ``generator`` does not promise; ``indices`` are the samples' global indices
+        (default ``0 .. B-1``; a shard of a larger run passes its own, :mod:`flowode.distributed`)."""
         s = self.schedule.sigma_max if sigma is None else float(sigma)
         alpha = float(self.schedule.alpha_from_sigma(s))
         std = alpha * math.sqrt(1 + s * s) if math.isfinite(s) else 1.0
@@ -396,11 +434,37 @@ class EpsilonModel:
                 raise ValueError("give `seed` or `generator`, not both.")
             from .noise import keyed_normal
 
-            return keyed_normal(shape, seed, dtype=dtype, device=device) * std
+            return keyed_normal(shape, seed, indices, dtype=dtype, device=device) * std
+        if indices is not None:
+            raise ValueError("`indices` key the draw by global sample index; give `seed` with them.")
         return torch.randn(shape, generator=generator, dtype=dtype, device=device) * std
+
+    def cast_network(self, dtype: torch.dtype) -> "EpsilonModel":
+        """A copy whose network runs in ``dtype`` (the dtype policy, ``network_dtype``): a
+        ``torch.nn.Module`` network (and ``uncond_fn``) is deep-copied and its weights cast; another
+        callable is kept as it is and only its input is cast. The schedule and all options are shared."""
+        import copy
+
+        if dtype not in _NETWORK_DTYPES:
+            raise TypeError(f"`dtype` must be one of torch.float16, torch.bfloat16, torch.float32, torch.float64, "
+                            f"got {dtype!r}.")
+        new = copy.copy(self)
+        for name in ("fn", "uncond_fn"):
+            f = getattr(self, name)
+            if isinstance(f, torch.nn.Module):
+                setattr(new, name, copy.deepcopy(f).to(dtype))
+        new.network_dtype = dtype
+        new.nfe = 0
+        new.network_passes = 0
+        new._coef_cache, new._t_cache = {}, {}
+        return new
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"EpsilonModel(prediction={self.prediction!r}, schedule={self.schedule!r}, nfe={self.nfe})"
+
+
+#: the dtypes a network may run in (``EpsilonModel(network_dtype=)``)
+_NETWORK_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_clip(clip: object) -> tuple[float, float]:

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -234,7 +234,8 @@ def _preflight(problems: dict[str, Problem], cells: list[Cell], device: str) -> 
 
 def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = True,
               log: Callable[[str], None] = _stderr, retry_failed: bool = False,
-              preflight: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+              preflight: bool = True, shard: Optional[tuple[int, int]] = None,
+              also_done: Sequence[Union[str, Path]] = ()) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every cell of ``spec`` not yet in ``results`` (a JSON-lines file), appending each record
     as it finishes. Returns ``(records of this grid, messages about unknown solvers)``.
 
@@ -245,6 +246,11 @@ def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = Tr
     A cell's key holds the model's fingerprint, the device and the repeats, so a changed model
     reruns its cells. ``retry_failed`` reruns cells whose record is an error (the new record
     replaces it); torn or foreign lines of ``results`` are skipped and logged.
+
+    ``shard=(rank, world)`` runs only this rank's cells (:func:`flowode.distributed.assign`: an
+    adaptive tolerance ladder stays on one rank) and returns only their records; ``also_done``
+    are more results files whose cells count as done (the merged file and the other ranks' parts
+    of an interrupted sharded run).
     """
     spec.validate()
     results = Path(results)
@@ -263,7 +269,16 @@ def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = Tr
     cells = spec.cells(solvers, problems, fingerprints)
     if not cells:
         raise ValueError("the benchmark grid has no cells; give `nfe` budgets and solvers.")
+    if shard is not None:
+        from ..distributed import assign
+
+        rank, world = shard
+        owner = assign([c.ladder or c.key for c in cells], world)
+        cells = [c for c, r in zip(cells, owner) if r == rank]
     old, torn = read_results(results)
+    for extra in also_done:
+        if Path(extra) != results:
+            old += read_results(extra)[0]
     if torn:
         log(f"flowode bench: skipped {len(torn)} unreadable line(s) of {results} (line "
             f"{', '.join(map(str, torn[:5]))}{', ...' if len(torn) > 5 else ''}: torn by an interrupted write or "

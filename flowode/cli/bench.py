@@ -28,7 +28,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
                "  flowode bench --problem gmm2d --solvers ddim,heun,dpm_solver++_2m --nfe 5,10,20 --out runs/a\n"
                "  flowode bench --problem gmm2d,gaussian --solvers 'ddim,ddim[eta=0.5],heun' --seeds 0,1 --out runs/b\n"
                "  flowode bench --problem mypkg.models:make_problem --solvers heun --out runs/c\n"
-               "  flowode bench --config grid.toml   (keys: problems, solvers, nfe, spacings, seeds, samples, ...)",
+               "  flowode bench --config grid.toml   (keys: problems, solvers, nfe, spacings, seeds, samples, ...)\n"
+               "  torchrun --nproc_per_node=4 -m flowode bench ...   (cells spread over 4 ranks; docs/scale-out.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.epilog = (p.epilog or "") + ("\n\nExit status: 0 when some cell has a result, 1 when every cell failed, "
                                    "2 for a bad setting (refused before the first cell).")
@@ -126,14 +127,53 @@ def run(args: argparse.Namespace) -> int:
     spec, out, formats = spec_from_args(args)
     spec.validate()  # a bad setting is refused before the output folder is made
     out_dir(str(out))
-    records, missing = run_bench(spec, out / "results.jsonl", progress=not args.no_progress,
-                                 retry_failed=args.retry_failed)
+    results = out / "results.jsonl"
+    from ..distributed import session
+
+    with session(spec.device) as dist:
+        if dist.world > 1:
+            _sharded(spec, results, dist, args)
+            if not dist.main:
+                return 0
+            # every cell is in the merged file now: this collects them in the grid's order
+            records, missing = run_bench(spec, results, progress=False, log=lambda _m: None, preflight=False)
+        else:
+            records, missing = run_bench(spec, results, progress=not args.no_progress,
+                                         retry_failed=args.retry_failed)
     paths = write_outputs(records, missing, out, formats, spec, figures=not args.no_figures)
     print((out / "table.md").read_text())
-    print(f"results: {out / 'results.jsonl'}  table: {out / 'table.md'}")
+    print(f"results: {results}  table: {out / 'table.md'}")
     for p in paths:
         print(f"figure: {p}")
     return failure_status(records, "bench")
+
+
+def _sharded(spec: Any, results: Path, dist: Any, args: argparse.Namespace) -> None:
+    """This rank's cells into its own part file (``OUT/results.parts/rankR-of-N.jsonl``, the cells
+    already in ``results.jsonl`` or in any part skipped); after the barrier rank 0 appends the parts
+    to ``results.jsonl`` and removes them (docs/scale-out.md)."""
+    import shutil
+
+    from ..bench import run_bench
+    from ..bench.store import append_record, read_results
+
+    parts = results.with_name("results.parts")
+    parts.mkdir(exist_ok=True)
+    mine = parts / f"rank{dist.rank}-of-{dist.world}.jsonl"
+    # a device 'cuda' means the current device, which the session set to cuda:LOCAL_RANK, so the cell
+    # keys hold the device as given and match a one-process run's
+    run_bench(spec, mine, progress=dist.main and not args.no_progress, retry_failed=args.retry_failed,
+              shard=(dist.rank, dist.world), also_done=[results, *sorted(parts.glob("*.jsonl"))])
+    dist.barrier()  # the only collective: every rank's cells are on disk
+    if not dist.main:
+        return
+    have = {r.get("key") for r in read_results(results)[0] if not (args.retry_failed and r.get("error"))}
+    for part in sorted(parts.glob("*.jsonl")):
+        for rec in read_results(part)[0]:
+            if rec.get("key") not in have:
+                append_record(results, rec)
+                have.add(rec.get("key"))
+    shutil.rmtree(parts, ignore_errors=True)
 
 
 def failure_status(records: list[dict[str, Any]], command: str) -> int:
