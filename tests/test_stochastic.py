@@ -429,3 +429,22 @@ def test_keyed_noise_without_a_path_is_batch_invariant():
     assert not torch.equal(a, flowode.sample(model, x[:7], steps=10, solver="ddpm", seed=3).x)
     with pytest.raises(TypeError, match="`path` must be True or False"):
         KeyedNoise(0, path="yes")
+
+
+def test_demo_short_ddpm_vs_ddim(tmp_path, capsys):
+    """`flowode demo` prints and writes the short form: DDPM 1000 vs DDIM 10/20/50 on ring8."""
+    from flowode.cli import main
+
+    base = ["demo", "--problems", "gaussian", "--solvers", "ddim", "--nfe", "4", "--samples", "16", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "DDPM vs DDIM on one network" in printed and (tmp_path / "ddpm_vs_ddim.png").stat().st_size > 1000
+    lines = [ln for ln in (tmp_path / "ddpm_vs_ddim.md").read_text().splitlines() if ln.startswith("| DD")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    assert [(c[0], c[1]) for c in cells] == [("DDPM", "1000"), ("DDIM", "10"), ("DDIM", "20"), ("DDIM", "50")]
+    div = [float(c[4]) for c in cells]
+    trip = [float(c[5]) for c in cells]
+    assert div[0] > 1.0 and div[1:] == [0.0, 0.0, 0.0]  # one x_T: DDPM spreads, DDIM is one point
+    assert trip[3] < trip[2] < trip[1] < 0.5 < trip[0]  # only DDIM inverts, better with more steps
+    assert main(base + ["--no-ddpm-vs-ddim"]) == 0
+    assert "DDPM vs DDIM" not in capsys.readouterr().out
