@@ -206,7 +206,7 @@ def _label(eta: Union[float, str]) -> str:
 
 
 METRICS: tuple[tuple[str, str, str], ...] = (
-    ("nll", "{:.3f}", "exact NLL (nats/sample; floor above)"),
+    ("nll", "{:.3f}", "exact NLL (nats/sample, +- its standard error; floor above)"),
     ("sw", "{:.4f}", "sliced Wasserstein to exact samples"),
     ("mmd", "{:.1e}", "MMD^2 to exact samples"),
     ("diversity", "{:.3f}", "diversity from one x_T (per-coordinate std over draws)"),
@@ -232,8 +232,8 @@ def markdown(cells: list[StudyCell], fl: dict[str, tuple[float, float]], title: 
         out.append(f"{metric} | " + " | ".join(f"S={s}" for s in steps))
         out.append("|".join(["---"] * (len(steps) + 1)))
         for eta in dict.fromkeys(c.eta for c in cells):
-            row = {c.steps: (1e6 * c.seconds_per_sample if metric == "us_per_sample" else getattr(c, metric))
-                   for c in cells if c.eta == eta}
-            out.append(f"{_label(eta)} | " + " | ".join(fmt.format(row[s]) for s in steps))
+            row = {c.steps: fmt.format(1e6 * c.seconds_per_sample if metric == "us_per_sample" else getattr(c, metric))
+                   + (f" +- {c.nll_se:.3f}" if metric == "nll" else "") for c in cells if c.eta == eta}
+            out.append(f"{_label(eta)} | " + " | ".join(row[s] for s in steps))
         out.append("")
     return "\n".join(out).rstrip()
