@@ -7,7 +7,9 @@ radius 2): the exact eps of the mixture on ``DiscreteVPSchedule.linear()``, and 
 ``ring8`` network. 2000 samples per cell, trailing grids, keyed noise (``seed=``), so every cell
 starts from the same x_T. Metrics (:mod:`flowode.bench.distribution`): the exact NLL under the true
 density (nats/sample, its floor = the entropy of exact samples), sliced Wasserstein and MMD^2 to 2000
-exact data samples (floors: two exact samples), diversity from one x_T, wall time per sample.
+exact data samples (floors: two exact samples), diversity from one x_T, same-x_T consistency against
+S = 1000 (distance, same-mode share), the round trip through the DDIM latent (500 exact data samples)
+and the wall time per sample (load-dependent: a shared machine).
 """
 
 from __future__ import annotations

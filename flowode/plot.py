@@ -31,7 +31,7 @@ from .orders import fit_order
 __all__ = [
     "OKABE_ITO", "MARKERS", "LINESTYLES", "series_style", "tail_order", "plot_error_vs_nfe",
     "plot_time_vs_error", "plot_trajectories", "plot_denoised_grid", "plot_step_sizes", "plot_results",
-    "FORMATS",
+    "plot_ddpm_vs_ddim", "FORMATS",
 ]
 
 #: Okabe-Ito colours, most distinct first (black last: it is also the front / reference colour)
@@ -256,6 +256,37 @@ def plot_trajectories(problem: Any, solvers: Sequence[Any], path: PathLike, *, n
             ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(f"{prob.name}: probability-flow paths from noise to data ({samples} samples, seed {seed})",
                  fontsize=10)
+    return _save(fig, path)
+
+
+def plot_ddpm_vs_ddim(rows: Sequence[Any], mixture: Any, path: PathLike, *, title: Optional[str] = None,
+                      lim: Optional[float] = None) -> Path:
+    """The short DDPM-vs-DDIM comparison (:func:`flowode.bench.study.short_form`): one panel per row,
+    its samples over the data density and, in black, the samples drawn from one fixed x_T (a single
+    point for DDIM, a cloud for DDPM); the title carries the row's NLL, diversity and round trip."""
+    if not rows:
+        raise ValueError("no `rows` to plot.")
+    fig, axes = _figure(len(rows), 1, size=(3.6, 3.8), sharex=True, sharey=True)
+    if lim is None:
+        lim = float(mixture.means.abs().max()) + 1.5
+    for i, (ax, r) in enumerate(zip(axes[0], rows)):
+        _density_background(ax, mixture, lim)
+        x = r.samples.reshape(r.samples.shape[0], 2).to(torch.float64).numpy()
+        d = r.draws.reshape(r.draws.shape[0], 2).to(torch.float64).numpy()
+        ax.scatter(x[:, 0], x[:, 1], s=3, color=OKABE_ITO[i % len(OKABE_ITO)], alpha=0.6, label="samples")
+        ax.scatter(d[:, 0], d[:, 1], s=16, color="black", marker="x", linewidths=0.8,
+                   label=f"{d.shape[0]} draws from one x_T", zorder=3)
+        ax.set_title(f"{r.label}, {r.steps} steps\nNLL {r.nll:.2f}, diversity {r.diversity:.2f}, "
+                     f"round trip {r.round_trip:.1e}", fontsize=9)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xlabel("x₁ (data units)")
+        if i == 0:
+            ax.set_ylabel("x₂ (data units)")
+            ax.legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -359,10 +360,39 @@ def test_study_ddpm_vs_ddim_cli(tmp_path):
                  "--samples", "200", "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("Command: `flowode study ddpm-vs-ddim --model exact")
-    div = [ln for ln in text.splitlines() if ln.startswith("eta 0.0 | ")]
-    assert div[-1] == "eta 0.0 | 0.000 | 0.000"  # the diversity table's DDIM row: deterministic
+    tables = {}
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        if len(lines) > 2 and lines[1].startswith("---"):
+            tables[lines[0].split(" | ")[0]] = {ln.split(" | ")[0]: ln.split(" | ")[1:] for ln in lines[2:]}
+    assert set(tables) == {"nll", "sw", "mmd", "diversity", "consistency", "same_mode", "round_trip", "us_per_sample"}
+    assert tables["diversity"]["eta 0.0"] == ["0.000", "0.000"]  # DDIM: deterministic
+    assert tables["consistency"]["eta 1.0"][1] == "0.000" and tables["same_mode"]["eta 1.0"][1] == "1.000"  # S_ref
+    # same x_T: DDIM at 4 steps lands nearer its 8-step sample than DDPM does; only DDIM round-trips
+    assert float(tables["consistency"]["eta 0.0"][0]) < float(tables["consistency"]["sigma-hat (ddpm large)"][0])
+    assert float(tables["round_trip"]["eta 0.0"][1]) < 0.5 < float(tables["round_trip"]["eta 1.0"][1])
+    assert all(float(v) > 0 for v in tables["us_per_sample"]["eta 1.0"])
     for bad in (["--steps", "0"], ["--etas", "2"], ["--samples", "1"]):
         assert main(["study", "ddpm-vs-ddim", *bad, "--out", str(out)]) != 0
+
+
+def test_study_ddpm_vs_ddim_subprocess_ring8(tmp_path):
+    """The command itself (``python -m flowode``) on the shipped ring8 network, tiny: seconds."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "r.md"
+    cmd = [sys.executable, "-m", "flowode", "study", "ddpm-vs-ddim", "--steps", "3,6", "--etas", "0,sigma-hat",
+           "--samples", "64", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "4 cells" in res.stdout and "### Shipped ring8 network (float32)" in out.read_text()
+    bad = subprocess.run(cmd[:-2] + ["--etas", "0,x", "--out", str(out)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "`--etas` entry 'x'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("solver", ["ddpm", "dpm_solver++_2m_sde"])
@@ -399,3 +429,22 @@ def test_keyed_noise_without_a_path_is_batch_invariant():
     assert not torch.equal(a, flowode.sample(model, x[:7], steps=10, solver="ddpm", seed=3).x)
     with pytest.raises(TypeError, match="`path` must be True or False"):
         KeyedNoise(0, path="yes")
+
+
+def test_demo_short_ddpm_vs_ddim(tmp_path, capsys):
+    """`flowode demo` prints and writes the short form: DDPM 1000 vs DDIM 10/20/50 on ring8."""
+    from flowode.cli import main
+
+    base = ["demo", "--problems", "gaussian", "--solvers", "ddim", "--nfe", "4", "--samples", "16", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "DDPM vs DDIM on one network" in printed and (tmp_path / "ddpm_vs_ddim.png").stat().st_size > 1000
+    lines = [ln for ln in (tmp_path / "ddpm_vs_ddim.md").read_text().splitlines() if ln.startswith("| DD")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    assert [(c[0], c[1]) for c in cells] == [("DDPM", "1000"), ("DDIM", "10"), ("DDIM", "20"), ("DDIM", "50")]
+    div = [float(c[4]) for c in cells]
+    trip = [float(c[5]) for c in cells]
+    assert div[0] > 1.0 and div[1:] == [0.0, 0.0, 0.0]  # one x_T: DDPM spreads, DDIM is one point
+    assert trip[3] < trip[2] < trip[1] < 0.5 < trip[0]  # only DDIM inverts, better with more steps
+    assert main(base + ["--no-ddpm-vs-ddim"]) == 0
+    assert "DDPM vs DDIM" not in capsys.readouterr().out

@@ -11,7 +11,10 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
                        description="ddpm-vs-ddim: sample the 8-Gaussian ring with DDIM eta = 0 ... 1 and DDPM's "
                                    "sigma-hat variance at several step counts, from one keyed start noise, and "
                                    "write the exact NLL, sliced Wasserstein, MMD^2 (with their finite-sample "
-                                   "floors), the diversity from one x_T and the time per sample as markdown.")
+                                   "floors), the diversity from one x_T, same-x_T consistency against the "
+                                   "largest step count (distance and same-mode share), the round trip through "
+                                   "the DDIM latent and the time per sample as markdown. The defaults take about "
+                                   "3 CPU-minutes (docs/ddpm-vs-ddim.md).")
     p.add_argument("study", choices=["ddpm-vs-ddim"], help="the study to run")
     p.add_argument("--model", choices=["ring8", "exact"], default="ring8",
                    help="the shipped ring8 network (default) or the mixture's exact eps")
