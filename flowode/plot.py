@@ -247,16 +247,22 @@ def plot_trajectories(problem: Any, solvers: Sequence[Any], path: PathLike, *, n
         rmse = float(((sol.x.to(torch.float64) - ref_cache[key].to(torch.float64)) ** 2).mean().sqrt())
         label = name + ("[" + ",".join(f"{k}={v}" for k, v in opts.items()) + "]" if opts else "")
         ax.set_title(f"{label}: NFE {sol.nfe}, {sol.steps} steps\nRMSE vs exact {rmse:.2e}", fontsize=9)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_xlabel("x₁ (data units)")
-        if i == 0:
-            ax.set_ylabel("x₂ (data units)")
-            ax.legend(fontsize=7, loc="lower left")
+        _square_data_axes(ax, lim, first=i == 0)
     fig.suptitle(f"{prob.name}: probability-flow paths from noise to data ({samples} samples, seed {seed})",
                  fontsize=10)
     return _save(fig, path)
+
+
+def _square_data_axes(ax: Any, lim: float, first: bool) -> None:
+    """A 2-D data panel: equal axes on ``[-lim, lim]^2``, labelled; the first panel of a row carries
+    the y label and the legend."""
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x₁ (data units)")
+    if first:
+        ax.set_ylabel("x₂ (data units)")
+        ax.legend(fontsize=7, loc="lower left")
 
 
 def plot_ddpm_vs_ddim(rows: Sequence[Any], mixture: Any, path: PathLike, *, title: Optional[str] = None,
@@ -278,13 +284,7 @@ def plot_ddpm_vs_ddim(rows: Sequence[Any], mixture: Any, path: PathLike, *, titl
                    label=f"{d.shape[0]} draws from one x_T", zorder=3)
         ax.set_title(f"{r.label}, {r.steps} steps\nNLL {r.nll:.2f}, diversity {r.diversity:.2f}, "
                      f"round trip {r.round_trip:.1e}", fontsize=9)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_xlabel("x₁ (data units)")
-        if i == 0:
-            ax.set_ylabel("x₂ (data units)")
-            ax.legend(fontsize=7, loc="lower left")
+        _square_data_axes(ax, lim, first=i == 0)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
