@@ -22,12 +22,15 @@ three loops run, each a whole solve:
 Timing: the benchmark thread's CPU time (``time.thread_time``, one torch thread; a machine shared with
 other jobs inflates it far less than wall time). In each round the three loops run in a shuffled
 order; the ratios are medians over rounds of the per-round ratios (paired, so slow rounds cancel).
-"us / step" is a solve's time divided by its steps. Peak memory: the resident-set high-water mark
-added by one solve (``flowode.bench.memory.MemoryMeter``, ``rss_hwm`` on Linux; on CUDA
-``max_memory_allocated``).
+"us / step" is a solve's time divided by its steps.
 
-``--memory`` adds the table of peak memory against the number of steps (10, 50, 200) for
-``save_at=None``, ``save_at="steps"`` in memory and ``save_at="steps", save_to=DIR`` (streamed).
+``--memory`` adds the peak memory one solve adds (``flowode.bench.memory.MemoryMeter``: the
+resident-set high-water mark on Linux, ``max_memory_allocated`` on CUDA), each measured in a fresh
+process with glibc's default allocator (a process that ran other solves would reuse their pages), for
+flowode and the hand loop, and the peak against the number of steps (10, 50, 200) for
+``save_at=None``, ``save_at="steps"`` in memory and ``save_at="steps", save_to=DIR`` (streamed) on the
+32x32 UNet at batch 16. RSS peaks move by several MiB between processes (allocator arenas), so only
+differences well above that are resolved.
 ``--compile`` adds ``model.compile_network()`` (``torch.compile``) against eager for DDIM.
 
 Usage:  OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/throughput.py [--markdown] [--memory] [--compile]
@@ -302,7 +305,11 @@ def compile_table(model: flowode.EpsilonModel, shape: tuple[int, ...], batches: 
                   rounds: int, dev: torch.device, clock: Callable[[], float]) -> list[dict]:
     rows = []
     grid = flowode.sigma_grid(model.schedule, steps, "trailing")
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = False  # the first solve pays the whole compile, as in a fresh environment
     for batch in batches:
+        torch._dynamo.reset()
         compiled = model.compile_network()
         x_T = model.prior_sample((batch, *shape), seed=0).to(dev)
         t0 = time.perf_counter()
@@ -345,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                          "64 and ~1.5 s at 256 on one CPU core; 64 adds ~4 minutes)")
     ap.add_argument("--solvers", default=",".join(SOLVERS))
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (3 for calls over 100 ms)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="timed rounds (half as many, at least 3, for states over 49152 numbers)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--memory", action="store_true", help="peak memory against steps and save_at")
     ap.add_argument("--compile", action="store_true", help="torch.compile of the network against eager")
@@ -454,8 +462,8 @@ def run(args: argparse.Namespace) -> int:
         print("|---|---|---|" + "---|" * len(mem_solvers))
         for net_name, (_, shape) in nets.items():
             for batch in batches:
-                if net_name == "unet32" and batch > args.max_batch_unet32:
-                    continue
+                if (net_name == "unet32" and batch > args.max_batch_unet32) or (batch < 16 and len(batches) > 2):
+                    continue  # batches below 16: a few MiB, below what RSS resolves
                 cells = []
                 for solver in mem_solvers:
                     f = peak_in_child(net_name, batch, solver, "flowode", args.steps, "none", args.device)
@@ -464,26 +472,28 @@ def run(args: argparse.Namespace) -> int:
                 state = batch * math.prod(shape) * 4 / 2**20
                 print(f"| {net_name} | {batch} | {state:.3f} | " + " | ".join(cells) + " |", flush=True)
         print()
-        net_name = "digits" if "digits" in nets else next(iter(nets))
-        model, shape = nets[net_name]
-        batch = 256
+        # the largest state per network call that stays cheap: the 32x32 UNet at batch 16 (0.19 MiB a state)
+        net_name, batch = ("unet32", 16) if "unet32" in nets else ("digits", 256)
+        model, shape = nets[net_name] if net_name in nets else next(iter(nets.values()))
         state = batch * math.prod(shape) * 4 / 2**20
         print(f"### peak memory added by one DDIM solve against the number of steps ({net_name}, batch {batch}, one "
               f"state {state:.3f} MiB; a fresh process per entry)\n")
-        print("| steps | save_at=None | save_at='steps' (in memory) | save_at='steps', save_to=DIR (streamed) |")
-        print("|---|---|---|---|")
+        print("| steps | save_at=None | save_at='steps' (in memory) | save_at='steps', save_to=DIR (streamed) | "
+              "states + x0 kept (MiB) |")
+        print("|---|---|---|---|---|")
         for steps in (10, 50, 200):
             vals = [peak_in_child(net_name, batch, "ddim", "flowode", steps, save, args.device)["peak_mib"]
                     for save in ("none", "memory", "streamed")]
-            print(f"| {steps} | " + " | ".join(f"{v:.1f}" for v in vals) + " |", flush=True)
+            print(f"| {steps} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {(2 * steps + 1) * state:.1f} |",
+                  flush=True)
         print()
     if args.compile:
         model, shape = nets.get("digits") or next(iter(nets.values()))
         with torch.no_grad():
-            rows = compile_table(model, shape, [b for b in (16, 64) if b in batches] or batches[:1], args.steps,
+            rows = compile_table(model, shape, [b for b in (16,) if b in batches] or batches[:1], args.steps,
                                  args.rounds, dev, clock)
-        print(f"### torch.compile of the network (model.compile_network(), default inductor mode), DDIM, "
-              f"{model.fn.__class__.__name__}\n")
+        print(f"### torch.compile of the network (model.compile_network(), default inductor mode, FX graph cache "
+              f"off), DDIM, {model.fn.__class__.__name__}\n")
         graphs = dev.type == "cuda"
         print("| batch | first solve incl. compile (s, wall) | eager us/step | compiled us/step | compiled / eager | "
               "max abs diff |" + (" CUDA graphs: first solve (s) | us/step | / eager | max abs diff |"
