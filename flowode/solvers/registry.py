@@ -42,7 +42,7 @@ def _check_options_on_init(cls: type[Stepper]) -> None:
     init = cls.__dict__.get("__init__")
     if init is None or getattr(init, "_flowode_checked", False):
         return
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in dataclasses.fields(cls) if f.init and not f.kw_only]  # the positional ones, in order
 
     @functools.wraps(init)
     def checked(self: Any, *args: Any, **kwargs: Any) -> None:
