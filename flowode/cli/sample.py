@@ -23,7 +23,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     g.add_argument("--steps", type=int, help="number of steps instead of an NFE budget")
     p.add_argument("--spacing", default=None, help="grid spacing (default: the solver's own)")
     p.add_argument("--last-step", default=None, choices=LAST_STEPS, metavar="MODE",
-                   help="the last step to sigma = 0: auto (default), jump (the denoising step), extrapolate "
+                   help="the last step to sigma = 0: jump (default: the denoising step), auto, extrapolate "
                         "(sigma^2 Richardson of the last two x0 predictions), euler_sigma2 (Euler in sigma^2), "
                         "trapezoid (exact models only); docs/grids.md")
     p.add_argument("--samples", type=int, default=64, help="number of samples (default 64)")

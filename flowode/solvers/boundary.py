@@ -46,8 +46,9 @@ with ``p_sigma = p_0 * N(0, sigma^2 I)``, a solution of the heat equation in ``t
   (``model.defined_at_zero``: exact analytic models). For an exact model ``eps(x, 0) = 0`` and it
   equals ``"euler_sigma2"``.
 
-``"jump"`` is the last step as it always was: the DDIM step above, or the stepper's own update
-where it handles ``sigma = 0`` itself. ``"auto"`` (the default) is :func:`resolve_last_step`'s rule.
+``"jump"`` (the default) is the last step as it always was: the DDIM step above, or the stepper's
+own update where it handles ``sigma = 0`` itself. ``"auto"`` is the rule of :func:`_auto`: the
+floor-free step where it is free and the solver's own last step would be the jump.
 """
 
 from __future__ import annotations
