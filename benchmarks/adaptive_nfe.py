@@ -17,7 +17,7 @@ floor-free last step from ``sigma_min`` (``last_step="auto"`` = ``"euler_sigma2"
 solvers: no extra evaluation), each peer with its own run to ``sigma_min`` followed by the denoising
 jump ``x0_hat(x, sigma_min)`` (one more counted evaluation: the last step diffusers' and k-diffusion's
 samplers take; none of the peers' adaptive integrators can start or end at 0 with this model). A
-sweep that stops improving for a decade of tolerance reports the floor it reached.
+sweep to 0 that stops improving over two decades of tolerance reports the floor it reached.
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def sweep(gmm: Any, run: Callable[..., torch.Tensor], x: torch.Tensor, ref: torc
             best = (c.calls, tol, rmse, float(per.median()), wall)
         if best is not None and tol < best[1] / 10:  # NFE only grows from here
             break
-        if best is None and len(history) > 16 and rmse > 0.8 * history[-9][1]:  # a decade of tol gained < 20 %
-            break
+        if end == 0.0 and best is None and len(history) > 24 and rmse > 0.8 * history[-17][1]:
+            break  # to 0 without passing yet: two decades of tolerance gained < 20 % (a floor)
     floor = "" if best is not None or not history else f"floor: RMSE {min(h[1] for h in history):.2e} " \
         f"(NFE {min(history, key=lambda h: h[1])[0]})"
     return best, at3, floor

@@ -81,7 +81,8 @@ def make(solver: Union[str, Stepper, type[Stepper]], **options: Any) -> Stepper:
             raise TypeError(f"options {sorted(options)} given with a solver instance; set them on the instance.")
         return solver
     cls = solver if isinstance(solver, type) and issubclass(solver, Stepper) else get_class(str(solver))
-    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    valid = [f.name for f in fields if not f.kw_only] + [f.name for f in fields if f.kw_only]  # own options first
     unknown = [k for k in options if k not in valid]
     if unknown:
         parts = []
