@@ -180,3 +180,14 @@ def test_demo_fitted_orders_are_the_solvers_not_the_floor(capsys):
         orders[mode] = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+) (-?[\d.]+) \(", line)}
     assert abs(orders["auto"]["ddim"] - 1) < 0.15 and orders["auto"]["unipc"] > 2.5, orders
     assert orders["jump"]["unipc"] < 1.0, orders
+
+
+def test_adaptive_budget_reserves_the_trapezoid_evaluations():
+    model = gmm_ring().model(SCHED)
+    x = _x(8, 2)
+    grid = [SCHED.sigma_max, 0.0]
+    sol = flowode.integrate(model, x, grid, "dopri5", last_step="trapezoid", rtol=1e-6, atol=1e-6, max_nfe=40,
+                            on_max_nfe="return")
+    assert sol.nfe <= 40 and sol.stats["status"] == "max_nfe"
+    with pytest.raises(SolverError, match="2 boundary evaluation"):
+        flowode.integrate(model, x, grid, "dopri5", last_step="trapezoid", max_nfe=2)
