@@ -18,6 +18,7 @@ ORDER = [
     ("exponential.md", "Exponential integrators: orders and oracle checks (issue 3)"),
     ("multistep_adaptive.md", "Linear multistep and adaptive solvers (issue 3)"),
     ("adaptive_nfe.md", "Adaptive solvers: NFE to reach RMSE <= 2e-4 vs k-diffusion, torchdiffeq, scipy (issue 15)"),
+    ("last_step.md", "The last step without the floor: last_step against the jump (issue 15)"),
     ("core.md", "Fixed-step solvers: orders and DDIM identities (issue 2)"),
     ("inversion.md", "Encode/decode round trips (issue 5)"),
     ("edict_precision.md", "EDICT in float32: round-off and its cause (issue 5)"),

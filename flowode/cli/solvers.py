@@ -21,7 +21,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
 def _info(name: str, cls: Any) -> dict[str, Any]:
     nfe = "adaptive" if getattr(cls, "adaptive", False) or math.isnan(cls.nfe_per_step) else f"{cls.nfe_per_step:g}"
     opts = {}
-    for f in dataclasses.fields(cls):
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.kw_only is True):  # the common last_step: last
         if not f.init:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (

@@ -114,6 +114,11 @@ class Stepper:
             Brownian path); measured in ``tests/test_stochastic.py``.
     """
 
+    #: the option of every solver: how a decreasing grid's last step to ``sigma = 0`` is taken, one of
+    #: :data:`~flowode.solvers.boundary.LAST_STEPS` (the driver takes it; docs/grids.md, "The last step").
+    #: Default ``"jump"``: the last step as before (diffusers / k-diffusion parity)
+    last_step: str = field(default="jump", kw_only=True)
+
     name: ClassVar[str] = ""
     order: ClassVar[int] = 1
     nfe_per_step: ClassVar[float] = 1.0
