@@ -176,7 +176,7 @@ class Stepper:
         """The one rule for every multistep solver: warn (:class:`WarmupWarning`) when a grid of
         ``num_steps`` steps is all warm-up. The method then never runs at its order, and a
         warm-up built for small steps can go badly wrong over a few large ones (PLMS with 2 steps
-        on the 8-Gaussian ring: |x| up to 65 for data of radius 2)."""
+        and its half steps in ``t`` on the 8-Gaussian ring: |x| up to 65 for data of radius 2)."""
         w = self.warmup_steps
         if num_steps <= w:
             from .._warnings import warn
