@@ -47,6 +47,7 @@ from torch import Tensor
 from ...models import Prediction
 from ..base import Step, Stepper, check_choice
 from ..boundary import Boundary
+from ..claims import WARMUP_LOWER, OrderClaim
 from ..ddim import ddim_transfer
 from ..registry import register
 from .adams import LagrangeHistory, lagrange_integrals
@@ -124,6 +125,21 @@ class PLMS(_EpsHistory):
     def __post_init__(self) -> None:
         check_choice(self.name, "half_step", self.half_step, HALF_STEPS)
 
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """2 on graded grids (constant-step weights); on grids uniform in ``sigma`` 4 (F-PNDM's
+        pseudo RK4 start) or 3 (``skip_prk_steps=True``: the pseudo-Heun first step, ``O(h^3)``)."""
+        graded = OrderClaim(2, conditions=("constant-step AB4 weights",), nominal=4, reach="a grid uniform in sigma",
+                            from_steps=256 if self.skip_prk_steps else 128)
+        if self.skip_prk_steps:
+            return (graded, OrderClaim(3, grid="uniform_sigma", conditions=(
+                "skip_prk_steps=True: the pseudo-Heun first step's O(h^3) local error caps the order at 3",),
+                from_steps=512))
+        start = ("F-PNDM start: pseudo Runge-Kutta steps with the half step in sigma (classical RK4)",)
+        if self.half_step == "t":
+            start = ("half_step='t': only where sigma is affine in t (EDM, VE); elsewhere the pseudo Runge-Kutta "
+                     "stages are not RK4's",)
+        return (graded, OrderClaim(4, grid="uniform_sigma", conditions=start, from_steps=256))
+
     def _midpoint(self, run: "Run", sigma: float, sigma_next: float) -> float:
         if self.half_step == "sigma":
             return 0.5 * (sigma + sigma_next)
@@ -179,6 +195,18 @@ class IPNDM(_EpsHistory):
 
     def init(self, run: "Run") -> Any:
         return LagrangeHistory()
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """2 for ``order >= 2`` on every grid: the Euler first step (iPNDM's lower-order warm-up)."""
+        if self.order == 1:
+            return (OrderClaim(1),)
+        reach = (f"an accurate start: adams_bashforth(order={self.order}, warmup='rk4') is this step with an RK4 "
+                 "warm-up")
+        if self.coefficients == "fixed":
+            return (OrderClaim(2, conditions=("coefficients='fixed': constant-step weights, exact on grids uniform "
+                                              "in sigma only", WARMUP_LOWER), nominal=self.order,
+                               reach="coefficients='variable' and " + reach),)
+        return (OrderClaim(2, conditions=(WARMUP_LOWER,), nominal=self.order, reach=reach),)
 
     def after_boundary(self, run: "Run", state: Any, kind: Boundary, sigma: float, pred: Prediction) -> Any:
         if kind is Boundary.FROM_INF:
