@@ -76,17 +76,17 @@ def uni(n, hi=2.0, lo=0.5):
     ("plms", {}, EDM, uni, 4),
     ("plms", {"skip_prk_steps": True}, EDM, uni, 3),
     ("ipndm", {}, EDM, uni, 2),
-    ("ipndm", {"coefficients": "fixed"}, EDM, uni, 2),
+    ("ipndm", {"coefficients": "variable"}, EDM, uni, 2),
     # ... and 2 on graded grids (constant weights on variable steps; iPNDM: its Euler first step)
     ("plms", {}, EDM, geo, 2),
     ("plms", {}, VP, geo, 2),
     ("ipndm", {"order": 4}, EDM, geo, 2),
-    ("ipndm", {"order": 4, "coefficients": "fixed"}, EDM, geo, 2),
+    ("ipndm", {"order": 4, "coefficients": "variable"}, EDM, geo, 2),
 ])
 def test_convergence_order(solver, opt, sched, grid, expected):
     ns = [64, 128] if grid is geo else [32, 64]
     if expected == 2 and solver in ("adams_bashforth", "deis", "ipndm") and opt.get("warmup") != "rk4" \
-            and opt.get("coefficients") != "fixed":
+            and (solver != "ipndm" or opt.get("coefficients") == "variable"):
         ns = [512, 1024]  # the h^2 warm-up error takes over only on fine grids
     if opt.get("skip_prk_steps"):
         ns = [128, 256]
@@ -123,12 +123,12 @@ def test_ipndm_variable_weights_are_adams_bashforth_in_sigma():
     x = _x()
     for g in (geo(9, 50.0, 0.05), flowode.sigma_grid(VP, 10, "trailing")):
         for order in (2, 3, 4):
-            a = flowode.integrate(m, x, g, solver="ipndm", order=order).x
+            a = flowode.integrate(m, x, g, solver="ipndm", order=order, coefficients="variable").x
             b = flowode.integrate(m, x, g, solver="adams_bashforth", order=order).x
             assert torch.allclose(a, b, rtol=0, atol=1e-12), (order, float((a - b).abs().max()))
     g = uni(10)
-    a = flowode.integrate(m, x, g, solver="ipndm").x
-    assert torch.allclose(a, flowode.integrate(m, x, g, solver="ipndm", coefficients="fixed").x, rtol=0, atol=1e-13)
+    a = flowode.integrate(m, x, g, solver="ipndm", coefficients="variable").x
+    assert torch.allclose(a, flowode.integrate(m, x, g, solver="ipndm").x, rtol=0, atol=1e-13)
 
 
 def test_deis_rho_equals_adams_bashforth_sigma():

@@ -19,7 +19,6 @@ fails ``test_every_registered_solver_states_a_claim`` and has no case to pass.
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -29,9 +28,8 @@ import torch
 
 import flowode
 from flowode.cli import main
-from flowode.orders import claim_steps, fit_order, measure_claim, order_problems
+from flowode.orders import claim_steps, measure_claim, measure_local_order, order_problems
 from flowode.solvers import SOLVERS, available, make
-from flowode.solvers.base import EmbeddedPair
 from flowode.solvers.claims import GRIDS, KINDS, OrderClaim, claims_text
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "solvers.md"
@@ -50,7 +48,7 @@ VARIANTS = [
     ("deis", {"warmup": "rk4", "basis": "log_rho"}),
     ("unipc", {"lower_order_final": False}), ("unipc", {"order": 3, "lower_order_final": False}),
     ("unipc", {"corrector": False}), ("unipc", {"order": 3}),
-    ("plms", {"skip_prk_steps": True}), ("ipndm", {"coefficients": "fixed"}), ("ipndm", {"order": 2}),
+    ("plms", {"skip_prk_steps": True}), ("ipndm", {"coefficients": "variable"}), ("ipndm", {"order": 2}),
     ("dpm_solver++_3m", {"coefficients": "reference"}),
     ("dpm_solver_singlestep", {"solver_order": 3, "lower_order_final": False}),
     ("heun", {"coordinates": "lambda"}), ("midpoint", {"coordinates": "lambda"}),
@@ -110,53 +108,31 @@ def test_global_order_claim(case, problem):
 
 
 def test_plms_and_ipndm_fixes_show_in_the_orders():
-    """The two fixes of issue 15 measured against the old behaviour: iPNDM's variable-step weights
-    equal AB4 (whose RK4-started order is 4 on graded grids), the constant ones do not; PLMS's
-    sigma-midpoint start is RK4 on a VP schedule (order 4 on uniform-sigma grids)."""
+    """iPNDM's variable-step weights (an option) are AB4's step in sigma (whose RK4-started order is 4
+    on graded grids), the constant ones (default) are not; PLMS's sigma-midpoint start is RK4 on a VP
+    schedule (order 4 on uniform-sigma grids)."""
     gauss = PROBLEMS["gaussian"]
     claim = make("plms").order_claims()[1]
     assert claim.grid == "uniform_sigma" and claim.order == 4
     x, m = gauss.x, gauss.model
     g = flowode.orders.claim_grid("smooth", 16)
     ab = flowode.integrate(m, x, g, solver="adams_bashforth", order=4).x
-    assert torch.allclose(flowode.integrate(m, x, g, solver="ipndm").x, ab, rtol=0, atol=1e-12)
-    assert float((flowode.integrate(m, x, g, solver="ipndm", coefficients="fixed").x - ab).abs().max()) > 1e-5
+    assert torch.allclose(flowode.integrate(m, x, g, solver="ipndm", coefficients="variable").x, ab, rtol=0,
+                          atol=1e-12)
+    assert float((flowode.integrate(m, x, g, solver="ipndm").x - ab).abs().max()) > 1e-5
 
 
 # ------------------------------------------------------------------------------------ adaptive
-def _one_step(name: str, problem, s0: float, s1: float) -> torch.Tensor:
-    """One step from ``s0`` to ``s1``: ``first_step`` the whole interval, tolerances that accept it;
-    in sigma coordinates where the solver takes them (an order is a property of the method, and in
-    lambda the mixture's local errors of the order-5 pairs are pre-asymptotic down to round-off)."""
-    try:
-        make(name, coordinates="sigma")
-        coords = "sigma"
-    except flowode.solvers.SolverError:  # dpm_solver_adaptive: lambda only
-        coords = "lambda"
-    h = math.log(s0 / s1) if coords == "lambda" else s0 - s1
-    if issubclass(SOLVERS[name], EmbeddedPair):  # a hair longer: the driver shortens it to land on s1 exactly
-        h *= 1 + 1e-9
-    return flowode.integrate(problem.model, problem.x, [s0, s1], solver=name, coordinates=coords, first_step=h,
-                             rtol=1e3, atol=1e3).x
-
-
 @pytest.mark.parametrize("name", ADAPTIVE)
 def test_adaptive_order_of_the_propagated_solution(name):
     """One accepted step of length h from sigma 2 on the mixture: the local error of the propagated
     solution is O(h^(p+1)) (kind "local"); LSODA (kind "none") picks its own order per step. The step
-    lengths (in log sigma) put the errors between about 1e-4 and 1e-11, above round-off."""
+    lengths (flowode.orders.measure_local_order) put the errors between about 1e-4 and 1e-11."""
     (claim,) = make(name).order_claims()
     if claim.kind == "none":
         assert claim.order is None and "not a convergence order" in claim.note
         return
-    mix, s0 = PROBLEMS["mixture"], 2.0
-    h0 = {2: 0.1, 3: 0.05, 5: 0.1, 8: 0.4}[int(claim.order)] if name != "dpm_solver_adaptive" else 0.025
-    hs = [h0, h0 / 2, h0 / 4]
-    errs = []
-    for dh in hs:
-        s1 = s0 * math.exp(-dh)
-        errs.append(float((_one_step(name, mix, s0, s1) - mix.exact(s0, s1)).abs().max()))
-    p = fit_order([1 / h for h in hs], errs, tail=2) - 1  # the two shortest steps
+    p, errs = measure_local_order(name, PROBLEMS["mixture"])
     assert abs(p - claim.order) < 0.3, (name, claim.text(), errs, p)
 
 

@@ -46,8 +46,9 @@ class UniPC(Stepper):
 
     Options:
         order: predictor order ``p`` in 1..3 (default 2, as diffusers' ``solver_order``); the
-            first steps warm up with orders 1, 2, ... With the corrector the method has order
-            ``p + 1`` (given an accurate warm-up; the first step is UniP-1 + UniC-1).
+            first steps warm up with orders 1, 2, ... With the corrector the formula has order
+            ``p + 1`` (given an accurate warm-up; the first step is UniP-1 + UniC-1); what a grid
+            gets with these options is :meth:`order_claims` (default: 2, because of the last step).
         variant: ``"bh2"`` (default, ``B(h) = expm1(-h)``, recommended by the paper for few steps
             and diffusers' default) or ``"bh1"`` (``B(h) = -h``).
         corrector: apply UniC after every step but the last (default True; NFE unchanged).
