@@ -51,6 +51,9 @@ VARIANTS = [
     ("plms", {"skip_prk_steps": True}), ("ipndm", {"coefficients": "variable"}), ("ipndm", {"order": 2}),
     ("dpm_solver++_3m", {"coefficients": "reference"}),
     ("dpm_solver_singlestep", {"solver_order": 3, "lower_order_final": False}),
+    ("dpm_solver_singlestep", {"solver_order": 3, "lower_order_final": False, "solver_type": "heun"}),
+    ("unipc", {"order": 1}), ("unipc", {"predictor": "dpm_solver++", "lower_order_final": False}),
+    ("ipndm", {"order": 3}), ("deis", {"order": 1}),
     ("heun", {"coordinates": "lambda"}), ("midpoint", {"coordinates": "lambda"}),
     ("rk4", {"coordinates": "lambda"}),
 ]
