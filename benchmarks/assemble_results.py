@@ -20,6 +20,7 @@ ORDER = [
     ("adaptive_nfe.md", "Adaptive solvers: NFE to reach RMSE <= 2e-4 vs k-diffusion, torchdiffeq, scipy (issue 15)"),
     ("last_step.md", "The last step without the floor: last_step against the jump (issue 15)"),
     ("core.md", "Fixed-step solvers: orders and DDIM identities (issue 2)"),
+    ("orders.md", "Claimed and measured orders of every solver, under their conditions (issue 15)"),
     ("inversion.md", "Encode/decode round trips (issue 5)"),
     ("edict_precision.md", "EDICT in float32: round-off and its cause (issue 5)"),
     ("bench.md", "Benchmark engine example (issue 4)"),
