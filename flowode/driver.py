@@ -526,8 +526,11 @@ def embedded_interval(run: Run, stepper: EmbeddedPair, fld: ProbabilityFlow, y0:
             ya, sa, ka = take(y, idx), s[idx], take(k1, idx)
             target = stops[next_stop[idx]]
             remaining = (target - sa).abs()
-            ha = torch.minimum(h[idx], remaining) * direction
-            land = ha.abs() >= remaining
+            # a step that ends within round-off of the stop lands on it: the leftover would be a step of
+            # length ~1e-16, which divides by zero in the exponential updates (h in a denominator)
+            slack = 64 * torch.finfo(torch.float64).eps * torch.maximum(sa.abs(), target.abs()).clamp_min(1.0)
+            land = h[idx] >= remaining - slack
+            ha = torch.where(land, remaining, h[idx]) * direction
             s_new = torch.where(land, target, sa + ha)  # land exactly on output points and the end
             hv = steps_of(ha)
 
