@@ -91,7 +91,7 @@ def oracles():
             for t in ds.timesteps.tolist():
                 y = ds.step(eps(y, float(VP.sigma(float(t)))), t, y).prev_sample
             sol = flowode.integrate(GAUSS.model(VP), x, flowode.sigma_grid(VP, steps, "leading", offset=1),
-                                    solver="plms", skip_prk_steps=skip)
+                                    solver="plms", skip_prk_steps=skip, half_step="t")
             print(f"| PNDMScheduler | skip_prk_steps={skip} | {steps} | {float((sol.x - y).abs().max()):.1e} | "
                   f"{sol.nfe} / {len(ds.timesteps)} |")
     for order in (1, 2, 3):
@@ -124,7 +124,7 @@ def oracles():
         y = x.clone()
         for i, t in enumerate(ds.timesteps):
             y = ds.step(model.network(y, float(grid[i])), t, y).prev_sample
-        sol = flowode.integrate(model, x, grid, solver="ipndm", order=4)
+        sol = flowode.integrate(model, x, grid, solver="ipndm", order=4, coefficients="fixed")
         print(f"| IPNDMScheduler | v-prediction, zero-mean data, grid inf..0 | {steps} | "
               f"{float((sol.x - y).abs().max()):.1e} | {sol.nfe} / {steps} |")
     print()

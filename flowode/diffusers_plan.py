@@ -24,7 +24,7 @@ diffusers                          flowode                state conversion
 ``HeunDiscreteScheduler``          ``heun`` in sigma      as Euler (its last step, to 0, is Euler's)
 ``DDPMScheduler``                  ``ddpm``               none; same ``generator``, same draws
 ``LMSDiscreteScheduler``           ``adams_bashforth``    as Euler (order 4 in sigma, lower-order start)
-``PNDMScheduler``                  ``plms``               none (PRK warm-up or ``skip_prk_steps``)
+``PNDMScheduler``                  ``plms``               none (PRK warm-up or ``skip_prk_steps``; half steps in t)
 ``EDMEulerScheduler``              ``euler`` in sigma     none (EDM state); EDM preconditioning in the model
 ``EulerAncestralDiscreteScheduler`` ``ddim``, ``eta=1``    as Euler; same ``generator``, same draws
 ``KDPM2DiscreteScheduler``         ``dpm_solver_2``       as Euler (DPM-2 = DPM-Solver-2, lambda midpoint)
@@ -483,7 +483,8 @@ def _pndm(scheduler: Any) -> DiffusersPlan:
 
     sigmas = sigmas_from_timesteps(schedule, distinct, final)
     table = TimestepTable(schedule, sigmas[: len(distinct)], distinct)
-    return DiffusersPlan(name, sigmas, distinct, "plms", table, "eps", {"skip_prk_steps": skip})
+    # diffusers' pseudo Runge-Kutta half steps are at the midpoint in timesteps, not in sigma
+    return DiffusersPlan(name, sigmas, distinct, "plms", table, "eps", {"skip_prk_steps": skip, "half_step": "t"})
 
 
 def _edm_euler(scheduler: Any) -> DiffusersPlan:

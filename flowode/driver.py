@@ -32,7 +32,14 @@ from .models import EpsilonModel, NetworkOutputError, Prediction
 from .recording import Recorder, StepEvent
 from .schedules import EDMSchedule, Schedule
 from .solvers.base import AdaptiveStepper, EmbeddedPair, IntervalResult, MaxNFEError, SolverError, Step, Stepper
-from .solvers.boundary import adaptive_interval, boundary_step, classify
+from .solvers.boundary import (
+    adaptive_interval,
+    boundary_step,
+    classify,
+    extrapolate_x0,
+    floor_free_step,
+    resolve_last_step,
+)
 from .solvers.run import BudgetExhausted, Run
 
 __all__ = ["take_step", "fixed_loop", "GradPlan", "adaptive_loop", "embedded_interval", "count_evaluations", "Hooks",
@@ -105,7 +112,7 @@ class GradPlan:
 
 def fixed_loop(run: Run, stepper: Stepper, x: Tensor, hooks: Optional[Hooks] = None,
                check_interval: int = DEFAULT_CHECK_INTERVAL,
-               grad: Optional[GradPlan] = None) -> tuple[Tensor, dict[str, Any]]:
+               grad: Optional[GradPlan] = None, dry: bool = False) -> tuple[Tensor, dict[str, Any]]:
     """Integrate ``x`` along ``run.grid`` with ``stepper``; returns the final state and the per-step
     statistics (:func:`_collect` of the steps' ``info``; none when only boundary steps reported).
 
@@ -113,13 +120,20 @@ def fixed_loop(run: Run, stepper: Stepper, x: Tensor, hooks: Optional[Hooks] = N
     failed check replays the solve from its start with every network output checked, so the error
     names the first bad step exactly (for a deterministic network) and the check holds no extra
     state buffer. ``grad`` (:class:`GradPlan`) checkpoints segments of steps or truncates the graph;
-    recomputed steps in the backward pass run no hooks and record nothing."""
+    recomputed steps in the backward pass run no hooks and record nothing. ``dry``: a dry run that
+    counts evaluations (:func:`count_evaluations`), where a ``last_step`` this grid cannot take is
+    replaced by one of the same cost instead of refused."""
     hooks = hooks or Hooks()
     rec, bar, callback = hooks.recorder, hooks.progress, hooks.callback
     steps = FixedGrid(run.grid)
     n = len(steps)
     kinds = [classify(a, b) for a, b in steps.pairs]
     native = [k is None or stepper.native(k) for k in kinds]
+    last = resolve_last_step(stepper, run.model, run.grid, strict=not dry)
+    free = last not in (None, "jump", "auto")  # the driver takes the last step (boundary.floor_free_step)
+    auto = last == "auto"  # the solver's own last step, extrapolated where it is the jump
+    previous: list[Any] = [None]  # (level, prediction) of the step before the last one, for "extrapolate"
+    used: list[Optional[str]] = [last]  # what "auto" became
     state = stepper.init(run)
     check = run.model.check_finite and check_interval > 0
     start = _Start(run, stepper, x) if check else None
@@ -132,10 +146,16 @@ def fixed_loop(run: Run, stepper: Stepper, x: Tensor, hooks: Optional[Hooks] = N
     def advance(i: int, x: Tensor, state: Any, live: bool) -> tuple[Tensor, Any]:
         a, b = pairs[i]
         run.step = i
-        if native[i]:
+        if free and i == n - 1:
+            res = _last_step(run, stepper, x, a, state, str(last), previous[0])
+        elif native[i]:
             res = stepper.step(run, x, a, b, state)
         else:
             res = _boundary_step(run, stepper, x, a, b, state, kinds[i])
+        if (free or auto) and i == n - 2:
+            previous[0] = (a, res.pred)
+        if auto and i == n - 1:
+            res, used[0] = _auto_last(res, a, previous[0], native[i])
         x, state = res.x, res.state
         if not live:  # a checkpointed segment recomputed in the backward pass
             return x, state
@@ -195,7 +215,35 @@ def fixed_loop(run: Run, stepper: Stepper, x: Tensor, hooks: Optional[Hooks] = N
                 return x, state
 
             x, state = checkpoint(run_segment, x, state, use_reentrant=False)
-    return x, _collect(infos) if flags["own_info"] else {}
+    stats = _collect(infos) if flags["own_info"] else {}
+    if last is not None:
+        mode = used[0]
+        stats["last_step"] = "native" if mode == "jump" and native[-1] and kinds[-1] is not None else mode
+    return x, stats
+
+
+def _auto_last(res: Step, sigma: float, previous: Optional[tuple[float, Optional[Prediction]]],
+               own: bool) -> tuple[Step, str]:
+    """``last_step="auto"`` after the solver's last step from ``sigma`` to 0 (no evaluation): where that
+    step was the jump -- the driver's DDIM step, or the solver's own update returning the denoised
+    estimate bitwise -- the Richardson extrapolation of the last two x0 predictions; else the step as it was."""
+    pred = res.pred
+    if previous is None or previous[1] is None or pred is None:
+        return res, "jump"
+    if own and not torch.equal(res.x, pred.x0):
+        return res, "jump"  # a solver's own higher-order update to 0 (PLMS, iPNDM, Adams-Bashforth): kept
+    x0 = extrapolate_x0(pred.x0, sigma, previous[1].x0, previous[0])
+    return Step(x0, res.state, pred, res.revised, res.info), "extrapolate"
+
+
+def _last_step(run: Run, stepper: Stepper, x: Tensor, sigma: float, state: Any, mode: str,
+               previous: Optional[tuple[float, Optional[Prediction]]]) -> Step:
+    """The floor-free last step to ``sigma = 0`` (:func:`~flowode.solvers.boundary.floor_free_step`)."""
+    if mode == "extrapolate" and (previous is None or previous[1] is None):
+        raise SolverError(f"last_step='extrapolate': solver {stepper.name!r} made no prediction at the start of the "
+                          "step before the last one; use last_step='euler_sigma2'.")
+    x_next, pred = floor_free_step(run, x, sigma, mode, previous)  # type: ignore[arg-type]
+    return Step(x_next, state, pred, None, {"orders": 1})
 
 
 def _collect(infos: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
@@ -272,10 +320,11 @@ def count_evaluations(stepper: Stepper, grid: list[float], schedule: Optional[Sc
         return hit[0]
     sched = schedule if schedule is not None else _covering_schedule(grid)
     model = EpsilonModel(lambda x, t: torch.zeros_like(x), sched, prediction="x0", check_finite=False)
+    model.defined_at_zero = True  # so last_step="trapezoid" (an evaluation at sigma = 0) is counted, not refused
     run = Run(model, grid, generator=torch.Generator().manual_seed(0))
     stepper.check(run)
     with torch.no_grad():
-        fixed_loop(run, stepper, torch.zeros(1, 1, dtype=torch.float64), check_interval=0)
+        fixed_loop(run, stepper, torch.zeros(1, 1, dtype=torch.float64), check_interval=0, dry=True)
     if len(_COST_CACHE) > 4096:
         _COST_CACHE.clear()
     _COST_CACHE[key] = (run.nfe, schedule)
@@ -301,10 +350,12 @@ def adaptive_loop(run: Run, stepper: AdaptiveStepper, x: Tensor,
     plan = adaptive_interval(grid, run.sigma_min, stepper.name)
     a, b = plan.interval
     budget = stepper.max_nfe
-    n_boundary = int(plan.before is not None) + int(plan.after is not None)
+    last = resolve_last_step(stepper, run.model, grid)
+    after_cost = 0 if plan.after is None else 2 if last == "trapezoid" else 1  # evaluations of the last step
+    n_boundary = int(plan.before is not None) + after_cost
     if budget is not None and budget <= n_boundary:
         raise SolverError(f"`max_nfe`={budget} leaves nothing for the adaptive part after "
-                          f"{n_boundary} boundary step(s).")
+                          f"{n_boundary} boundary evaluation(s).")
     run.check_calls = True
     stats: dict[str, Any] = {"coordinates": stepper.coordinates, "interval": (a, b), "boundary_steps": []}
     if rec is not None:
@@ -329,7 +380,7 @@ def adaptive_loop(run: Run, stepper: AdaptiveStepper, x: Tensor,
         res = IntervalResult(fld.to_state(x, a), fld.s_of_sigma(a), [], 0, 0, [], [])
         outs = []
     else:
-        run.max_nfe = None if budget is None else budget - int(plan.after is not None)
+        run.max_nfe = None if budget is None else budget - after_cost
         nfe_before = run.nfe
         res = _interval(run, stepper, fld, x, a, b, outs, hooks)
         run.max_nfe = budget
@@ -356,15 +407,20 @@ def adaptive_loop(run: Run, stepper: AdaptiveStepper, x: Tensor,
         return xs, stats
     x = fld.from_state(res.y, b)
     if plan.after is not None:
-        x = _boundary(run, x, plan.after, stats, hooks, record=True)
+        x = _boundary(run, x, plan.after, stats, hooks, record=True, mode=last)
+    if last is not None:
+        stats["last_step"] = last
     return x, stats
 
 
 def _boundary(run: Run, x: Tensor, ends: tuple[float, float], stats: dict[str, Any], hooks: Hooks,
-              record: bool) -> Tensor:
+              record: bool, mode: Optional[str] = None) -> Tensor:
     a, b = ends
     run.step = hooks.events
-    x, pred = boundary_step(run, x, a, b)
+    if mode is not None and mode != "jump":
+        x, pred = floor_free_step(run, x, a, mode)
+    else:
+        x, pred = boundary_step(run, x, a, b)
     stats["boundary_steps"].append((a, b))
     if hooks.recorder is not None:
         hooks.recorder.prediction(a, pred)
@@ -470,8 +526,11 @@ def embedded_interval(run: Run, stepper: EmbeddedPair, fld: ProbabilityFlow, y0:
             ya, sa, ka = take(y, idx), s[idx], take(k1, idx)
             target = stops[next_stop[idx]]
             remaining = (target - sa).abs()
-            ha = torch.minimum(h[idx], remaining) * direction
-            land = ha.abs() >= remaining
+            # a step that ends within round-off of the stop lands on it: the leftover would be a step of
+            # length ~1e-16, which divides by zero in the exponential updates (h in a denominator)
+            slack = 64 * torch.finfo(torch.float64).eps * torch.maximum(sa.abs(), target.abs()).clamp_min(1.0)
+            land = h[idx] >= remaining - slack
+            ha = torch.where(land, remaining, h[idx]) * direction
             s_new = torch.where(land, target, sa + ha)  # land exactly on output points and the end
             hv = steps_of(ha)
 

@@ -16,8 +16,8 @@ def test_solvers_lists_the_registry(capsys):
 def test_demo_prints_a_table(tmp_path, capsys):
     assert main(["demo", "--samples", "8", "--nfe", "4", "--solvers", "ddim,heun", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| ddim (logsnr) | 2." in out and "| heun (logsnr) |" in out
-    assert "| ddim (logsnr) |" in (tmp_path / "table.md").read_text()
+    assert "| ddim[last_step=auto] (logsnr) | 2." in out and "| heun[last_step=auto] (logsnr) |" in out
+    assert "| ddim[last_step=auto] (logsnr) |" in (tmp_path / "table.md").read_text()
 
 
 def test_no_command_prints_help(capsys):

@@ -135,3 +135,16 @@ def test_registered_and_described():
     d = make("dpm_solver_adaptive").describe()
     assert d["adaptive"] and d["order"] == 3 and "Lu et al." in d["source"]
     assert make("dpm_solver_adaptive", order=2).describe()["order"] == 2
+
+
+@pytest.mark.parametrize("solver", ["dpm_solver_adaptive", "bs23", "dp45"])
+def test_a_step_that_ends_within_round_off_of_the_stop_lands_on_it(solver):
+    """A first step of 0.1 in lambda over an interval of 0.1 in lambda misses the end by round-off; the
+    leftover step of length ~1e-16 divided by zero in DPM-Solver-3's update (h in a denominator)."""
+    model = Gaussian(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)).model(
+        flowode.schedules.EDMSchedule())
+    x = 2 * torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sol = flowode.integrate(model, x, [2.0, 2.0 * math.exp(-0.1)], solver=solver, first_step=0.1,
+                            rtol=1e3, atol=1e3)
+    assert torch.isfinite(sol.x).all()
+    assert sol.stats["accepted"] == 1

@@ -76,13 +76,17 @@ def uni(n, hi=2.0, lo=0.5):
     ("plms", {}, EDM, uni, 4),
     ("plms", {"skip_prk_steps": True}, EDM, uni, 3),
     ("ipndm", {}, EDM, uni, 2),
-    # ... and 2 on graded grids (constant weights on variable steps)
+    ("ipndm", {"coefficients": "variable"}, EDM, uni, 2),
+    # ... and 2 on graded grids (constant weights on variable steps; iPNDM: its Euler first step)
     ("plms", {}, EDM, geo, 2),
+    ("plms", {}, VP, geo, 2),
     ("ipndm", {"order": 4}, EDM, geo, 2),
+    ("ipndm", {"order": 4, "coefficients": "variable"}, EDM, geo, 2),
 ])
 def test_convergence_order(solver, opt, sched, grid, expected):
     ns = [64, 128] if grid is geo else [32, 64]
-    if expected == 2 and solver in ("adams_bashforth", "deis") and opt.get("warmup") != "rk4":
+    if expected == 2 and solver in ("adams_bashforth", "deis", "ipndm") and opt.get("warmup") != "rk4" \
+            and (solver != "ipndm" or opt.get("coefficients") == "variable"):
         ns = [512, 1024]  # the h^2 warm-up error takes over only on fine grids
     if opt.get("skip_prk_steps"):
         ns = [128, 256]
@@ -98,6 +102,33 @@ def test_ab_rk4_warmup_on_uniform_sigma_is_f_pndm():
     a = flowode.integrate(m, x, uni(12), solver="plms").x
     b = flowode.integrate(m, x, uni(12), solver="adams_bashforth", order=4, warmup="rk4").x
     assert torch.allclose(a, b, rtol=0, atol=1e-13)
+
+
+def test_plms_half_step_in_sigma_is_rk4_on_vp():
+    """F-PNDM's pseudo Runge-Kutta warm-up with the half step at the midpoint in sigma is classical RK4
+    in (xbar, sigma) on any schedule, so PLMS equals AB4 with an RK4 start on a VP schedule too; the
+    paper's / diffusers' half step in t (``half_step="t"``) does not."""
+    m = GAUSS.model(VP)
+    x = _x()
+    g = uni(12, 3.0, 0.3)
+    b = flowode.integrate(m, x, g, solver="adams_bashforth", order=4, warmup="rk4").x
+    assert torch.allclose(flowode.integrate(m, x, g, solver="plms").x, b, rtol=0, atol=1e-13)
+    assert float((flowode.integrate(m, x, g, solver="plms", half_step="t").x - b).abs().max()) > 1e-6
+
+
+def test_ipndm_variable_weights_are_adams_bashforth_in_sigma():
+    """iPNDM's variable-step weights are the variable-step AB step in sigma (same lower-order start),
+    also for the native step to sigma = 0; on grids uniform in sigma they equal the constant table."""
+    m = GAUSS.model(VP)
+    x = _x()
+    for g in (geo(9, 50.0, 0.05), flowode.sigma_grid(VP, 10, "trailing")):
+        for order in (2, 3, 4):
+            a = flowode.integrate(m, x, g, solver="ipndm", order=order, coefficients="variable").x
+            b = flowode.integrate(m, x, g, solver="adams_bashforth", order=order).x
+            assert torch.allclose(a, b, rtol=0, atol=1e-12), (order, float((a - b).abs().max()))
+    g = uni(10)
+    a = flowode.integrate(m, x, g, solver="ipndm", coefficients="variable").x
+    assert torch.allclose(a, flowode.integrate(m, x, g, solver="ipndm").x, rtol=0, atol=1e-13)
 
 
 def test_deis_rho_equals_adams_bashforth_sigma():
@@ -212,7 +243,7 @@ def test_plms_matches_diffusers_pndm(skip, steps):
         y = ds.step(_eps(y, float(sched.sigma(float(t)))), t, y).prev_sample
         calls += 1
     grid = flowode.sigma_grid(sched, steps, "leading", offset=1)
-    sol = flowode.integrate(GAUSS.model(sched), x, grid, solver="plms", skip_prk_steps=skip)
+    sol = flowode.integrate(GAUSS.model(sched), x, grid, solver="plms", skip_prk_steps=skip, half_step="t")
     assert sol.nfe == calls
     assert float((sol.x - y).abs().max()) < 1e-10
 
@@ -269,7 +300,7 @@ def test_ipndm_matches_diffusers(steps):
     y = x.clone()
     for i, t in enumerate(ds.timesteps):
         y = ds.step(model.network(y, float(grid[i])), t, y).prev_sample
-    sol = flowode.integrate(model, x, grid, solver="ipndm", order=4)
+    sol = flowode.integrate(model, x, grid, solver="ipndm", order=4, coefficients="fixed")
     assert sol.nfe == steps
     assert float((sol.x - y).abs().max()) < 1e-10
 

@@ -20,10 +20,14 @@ def x_T():
 
 
 def test_plms_two_steps_warns():
-    """The silent-wrong case: 2 PLMS steps on the radius-2 ring gave |x| up to 65 without a word."""
+    """The silent-wrong case: 2 PLMS steps on the radius-2 ring gave |x| up to 65 without a word (with
+    the paper's half steps in t; the midpoint in sigma, the default since, stays near the ring)."""
     with pytest.warns(WarmupWarning, match=r"solver 'plms' spends its first 3 step\(s\) warming up.*only 2 step"):
-        sol = flowode.sample(RING.model(SCHED), x_T(), steps=2, solver="plms")
+        sol = flowode.sample(RING.model(SCHED), x_T(), steps=2, solver="plms", half_step="t")
     assert float(sol.x.abs().max()) > 10  # why it warns: the result is far off the ring
+    with pytest.warns(WarmupWarning):
+        sol = flowode.sample(RING.model(SCHED), x_T(), steps=2, solver="plms")
+    assert float(sol.x.abs().max()) < 3
 
 
 def test_every_multistep_solver_follows_the_rule():

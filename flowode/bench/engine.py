@@ -131,6 +131,7 @@ def run_cell(problem: Problem, cell: Cell, refs: ReferenceCache, *, device: Unio
         "stochastic": bool(slv.stochastic), "adaptive": bool(slv.adaptive), "seconds": seconds, "repeats": repeats,
         "peak_mem_bytes": meter.peak, "mem_method": meter.method, **extra,
     })
+    rec["last_step"] = sol.stats.get("last_step")  # the step to sigma = 0 that was taken (None: no such step)
     for k in ("accepted", "rejected"):
         if k in sol.stats:
             rec[k] = sol.stats[k]

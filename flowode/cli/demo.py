@@ -41,6 +41,12 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
                    help="grid spacing for every solver (default logsnr, uniform in log-SNR, where the fitted orders "
                         "show; 'default' = each solver's own)")
     p.add_argument("--problems", default="gmm2d,gaussian", metavar="LIST", help="problems (default gmm2d,gaussian)")
+    from ..solvers.boundary import LAST_STEPS
+
+    p.add_argument("--last-step", default="auto", choices=LAST_STEPS, metavar="MODE",
+                   help="the last step to sigma = 0 of every solver (default auto: the floor-free extrapolation "
+                        "where it is free, so the fitted orders show the solvers' orders, not the sigma_min^2 "
+                        "floor of the denoising jump; 'jump' as diffusers; docs/grids.md)")
     p.add_argument("--formats", default="png", metavar="LIST", help="figure formats: png, pdf, svg (default png)")
     p.add_argument("--checkpoint", default=None, metavar="NAME",
                    help="also draw the per-step x0 predictions of this shipped checkpoint (needs load_pretrained)")
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     ckpt = _checkpoint_problem(args.checkpoint) if args.checkpoint else None  # refused now, not after the bench
     wanted = csv(args.solvers) or preferred_solvers(4, ("ddim", "heun", "dpm_solver++_2m", "unipc", "rk4"))
+    wanted = [_with_last_step(w, args.last_step) for w in wanted]
     spec = BenchSpec(problems=csv(args.problems) or ["gmm2d"], solvers=wanted, nfe=ints(args.nfe, "--nfe") or [],
                      seeds=[args.seed], samples=args.samples,
                      spacings=[None if args.spacing in ("default", "") else args.spacing])
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         results = out / "results.jsonl"
     records, missing = run_bench(spec, results, progress=not args.no_progress)
     print(markdown_table(records, missing))
+    print(_fitted_orders(records))
     from .bench import failure_status
 
     formats = csv(args.formats) or ["png"]
@@ -149,6 +157,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"figure: {p}")
     print(f"done in {time.perf_counter() - t_start:.1f} s")
     return failure_status(records, "demo")
+
+
+def _with_last_step(spec: str, mode: str) -> str:
+    """``spec`` with ``last_step=mode`` added to its options (a peer or a spec that sets it: as given)."""
+    from ..bench import parse_solver_spec
+    from ..bench.peers import is_peer
+
+    name, opts = parse_solver_spec(spec)
+    if is_peer(name) or "last_step" in opts or mode == "jump":
+        return spec
+    return f"{spec[:-1]},last_step={mode}]" if spec.endswith("]") else f"{spec}[last_step={mode}]"
+
+
+def _fitted_orders(records: list[dict[str, Any]]) -> str:
+    """One line per problem: each deterministic solver's order fitted over the larger half of its
+    budgets (:func:`flowode.plot.tail_order`, as in the figure's legend) and the last step it took."""
+    from ..plot import tail_order
+
+    lines = ["Fitted orders (-slope of log RMSE against log NFE over the larger half of the budgets; last step "
+             "taken):"]
+    for prob in dict.fromkeys(r["problem"] for r in records):
+        parts = []
+        rows = [r for r in records if r["problem"] == prob and not r.get("error") and not r.get("stochastic")]
+        for lab in dict.fromkeys(r["label"] for r in rows):
+            rr = sorted((r for r in rows if r["label"] == lab), key=lambda r: r["nfe"])
+            p = tail_order([r["nfe"] for r in rr], [r["rmse"] for r in rr])
+            steps = sorted({str(r.get("last_step")) for r in rr})
+            parts.append(f"{rr[0]['solver']} {'-' if p is None else f'{p:.2f}'} ({'/'.join(steps)})")
+        lines.append(f"  {prob}: " + ", ".join(parts))
+    return "\n".join(lines)
 
 
 def _checkpoint_problem(ckpt: str) -> Any:

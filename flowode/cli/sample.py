@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    from ..solvers.boundary import LAST_STEPS
+
     p = sub.add_parser("sample", help="sample with one solver; write .npy / .pt / PNG",
                        description="Integrate the probability-flow ODE of a problem's model from prior noise and "
                                    "save the samples: .npy (numpy), .pt (torch) or .png (an image grid for image "
@@ -20,6 +22,10 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     g.add_argument("--nfe", type=int, help="evaluation budget (default 20)")
     g.add_argument("--steps", type=int, help="number of steps instead of an NFE budget")
     p.add_argument("--spacing", default=None, help="grid spacing (default: the solver's own)")
+    p.add_argument("--last-step", default=None, choices=LAST_STEPS, metavar="MODE",
+                   help="the last step to sigma = 0: jump (default: the denoising step), auto, extrapolate "
+                        "(sigma^2 Richardson of the last two x0 predictions), euler_sigma2 (Euler in sigma^2), "
+                        "trapezoid (exact models only); docs/grids.md")
     p.add_argument("--samples", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed (default 0); the start noise and every stochastic draw are keyed by (seed, sample "
@@ -85,6 +91,7 @@ def parts_id(args: argparse.Namespace, prob, steps, nfe) -> str:  # type: ignore
 
     return distributed.fingerprint({
         "model": model_fingerprint(prob, args.device), "problem": args.problem, "solver": args.solver,
+        "last_step": getattr(args, "last_step", None),
         "steps": steps, "nfe": nfe, "spacing": args.spacing, "samples": args.samples, "seed": args.seed,
         "block": args.block, "device": args.device})
 
@@ -130,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"`--x0-grid` draws the predictions of one solve; --samples {args.samples} is more than "
                          f"one block (--block {args.block}); give --block {args.samples} or fewer samples.")
     name, opts = parse_solver_spec(args.solver)
+    if args.last_step is not None:
+        if opts.get("last_step", args.last_step) != args.last_step:
+            raise ValueError(f"`--last-step` {args.last_step} contradicts last_step={opts['last_step']} in `--solver` "
+                             f"{args.solver!r}; give it once.")
+        opts["last_step"] = args.last_step
     steps, nfe = args.steps, args.nfe
     if get_class(name).adaptive:  # it picks its own steps between sigma_max and 0
         if nfe is not None:

@@ -12,6 +12,7 @@ from . import rk as _rk  # noqa: F401  (registers euler ... rk38, bs23, bs23_per
 from . import stochastic as _stochastic  # noqa: F401  (registers euler_maruyama ... dpm_solver++_sde)
 from .base import AdaptiveStepper, MaxNFEError, SolverError, Step, Stepper, WarmupWarning
 from .boundary import Boundary
+from .claims import OrderClaim
 from .registry import SOLVERS, UnknownSolverError, available, get_class, make, register
 from .rk import TABLEAUS, ButcherTableau, EmbeddedRungeKutta, RungeKutta, register_tableau
 from .run import Run
@@ -19,5 +20,5 @@ from .run import Run
 __all__ = [
     "Stepper", "AdaptiveStepper", "Step", "Run", "Boundary", "SolverError", "MaxNFEError", "SOLVERS",
     "UnknownSolverError", "available", "get_class", "make", "register", "ButcherTableau", "RungeKutta",
-    "EmbeddedRungeKutta", "register_tableau", "TABLEAUS", "WarmupWarning",
+    "EmbeddedRungeKutta", "register_tableau", "TABLEAUS", "WarmupWarning", "OrderClaim",
 ]

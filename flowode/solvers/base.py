@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..control import PIController
 from ..models import Prediction
+from .claims import OrderClaim, claims_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..schedules import Schedule
@@ -100,7 +101,8 @@ class Stepper:
 
     Class attributes:
         name: registry name.
-        order: global convergence order (for adaptive solvers, of the propagated solution).
+        order: the order of the method's formula (the number warm-up and history sizes follow). What
+            a user gets, and under which conditions, is :meth:`order_claims`.
         nfe_per_step: model evaluations per step (``float('nan')`` when adaptive).
         source: paper and equation the method follows.
         stochastic: draws noise (needs a generator for reproducibility).
@@ -111,8 +113,14 @@ class Stepper:
         differentiable: autograd can backpropagate through its steps (``grad="autograd"``).
         strong_order, weak_order: for stochastic solvers, the claimed pathwise (strong) and
             distributional (weak) orders on the reverse SDE (``None``: not defined, e.g. no fixed
-            Brownian path); measured in ``tests/test_stochastic.py``.
+            Brownian path); measured in ``tests/test_stochastic.py``; :meth:`order_claims` states
+            them as ``"strong"`` / ``"weak"`` claims.
     """
+
+    #: the option of every solver: how a decreasing grid's last step to ``sigma = 0`` is taken, one of
+    #: :data:`~flowode.solvers.boundary.LAST_STEPS` (the driver takes it; docs/grids.md, "The last step").
+    #: Default ``"jump"``: the last step as before (diffusers / k-diffusion parity)
+    last_step: str = field(default="jump", kw_only=True)
 
     name: ClassVar[str] = ""
     order: ClassVar[int] = 1
@@ -176,7 +184,7 @@ class Stepper:
         """The one rule for every multistep solver: warn (:class:`WarmupWarning`) when a grid of
         ``num_steps`` steps is all warm-up. The method then never runs at its order, and a
         warm-up built for small steps can go badly wrong over a few large ones (PLMS with 2 steps
-        on the 8-Gaussian ring: |x| up to 65 for data of radius 2)."""
+        and its half steps in ``t`` on the 8-Gaussian ring: |x| up to 65 for data of radius 2)."""
         w = self.warmup_steps
         if num_steps <= w:
             from .._warnings import warn
@@ -189,9 +197,26 @@ class Stepper:
                 WarmupWarning,
             )
 
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """The orders this solver, with these options, has and the conditions each holds under
+        (:mod:`flowode.solvers.claims`); the first is the one under the most general conditions.
+        ``tests/test_orders_registry.py`` measures every claim of every registered solver.
+
+        The default states the ``strong_order`` / ``weak_order`` of a stochastic solver and nothing
+        for a deterministic one: a new solver must say what its order is and when it holds."""
+        if not self.stochastic:
+            return ()
+        return tuple(OrderClaim(float(o), kind=k, conditions=("reverse-SDE noise on one Brownian path per sample",)
+                                if k == "strong" else ())
+                     for k, o in (("strong", self.strong_order), ("weak", self.weak_order)) if o is not None)
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "order": self.order, "nfe_per_step": self.nfe_per_step,
-                "source": self.source, "stochastic": self.stochastic, "adaptive": self.adaptive}
+        """Name, claimed order (the first of :meth:`order_claims`; ``None`` without one) with its
+        conditions in words, cost, source and kind."""
+        claims = self.order_claims()
+        return {"name": self.name, "order": claims[0].order if claims else None, "order_claims": claims_text(claims),
+                "nfe_per_step": self.nfe_per_step, "source": self.source, "stochastic": self.stochastic,
+                "adaptive": self.adaptive}
 
 
 @dataclass
@@ -238,6 +263,14 @@ class AdaptiveStepper(Stepper):
         if self.first_step is not None and not (math.isfinite(self.first_step) and self.first_step > 0):
             raise SolverError(f"`first_step` must be a positive number or None, got {self.first_step!r}.")
 
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """The order of the solution each accepted step propagates (its local error is
+        ``O(h^(order + 1))``); the global error follows ``rtol`` / ``atol``."""
+        return (OrderClaim(self.order, kind="local", grid="adaptive", conditions=self._claim_conditions()),)
+
+    def _claim_conditions(self) -> tuple[str, ...]:
+        return ()
+
     def nfe(self, sigmas: Sequence[float], schedule: Optional["Schedule"] = None) -> int:
         raise SolverError(
             f"solver {self.name!r} is adaptive: its NFE is known only after the solve (sol.nfe); "
@@ -279,6 +312,9 @@ class EmbeddedPair(AdaptiveStepper):
                               "(per-sample sigma steps).")
         if not isinstance(self.controller, PIController):
             raise SolverError(f"`controller` must be a flowode.control.PIController, got {self.controller!r}.")
+
+    def _claim_conditions(self) -> tuple[str, ...]:
+        return (f"error estimate from the embedded order-{self.error_order} solution",)
 
     @property
     def per_sample(self) -> bool:

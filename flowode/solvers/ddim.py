@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..models import Prediction
 from .base import SolverError, Step, Stepper, check_choice
+from .claims import OrderClaim
 from .registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,6 +107,13 @@ class DDIM(Stepper):
 
     def native(self, kind: "Boundary") -> bool:
         return True  # the boundary step is the DDIM step
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """``eta = 0``: first order (it is Euler in ``(xbar, sigma)``); ``eta > 0``: the strong and weak
+        orders of the reverse SDE it discretises."""
+        if self.eta > 0:
+            return super().order_claims()
+        return (OrderClaim(1, conditions=("eta = 0",)),)
 
     def check(self, run: "Run") -> None:
         if self.eta > 0 and not run.decreasing:

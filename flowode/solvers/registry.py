@@ -42,7 +42,7 @@ def _check_options_on_init(cls: type[Stepper]) -> None:
     init = cls.__dict__.get("__init__")
     if init is None or getattr(init, "_flowode_checked", False):
         return
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in dataclasses.fields(cls) if f.init and not f.kw_only]  # the positional ones, in order
 
     @functools.wraps(init)
     def checked(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -81,7 +81,8 @@ def make(solver: Union[str, Stepper, type[Stepper]], **options: Any) -> Stepper:
             raise TypeError(f"options {sorted(options)} given with a solver instance; set them on the instance.")
         return solver
     cls = solver if isinstance(solver, type) and issubclass(solver, Stepper) else get_class(str(solver))
-    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    valid = [f.name for f in fields if not f.kw_only] + [f.name for f in fields if f.kw_only]  # own options first
     unknown = [k for k in options if k not in valid]
     if unknown:
         parts = []

@@ -59,6 +59,9 @@ class DPMSolverAdaptive(EmbeddedPair):
     name = "dpm_solver_adaptive"
     source = "Lu et al., DPM-Solver, NeurIPS 2022, sec. 3.3 (adaptive step size), Algorithms 1-2"
 
+    def _claim_conditions(self) -> tuple[str, ...]:
+        return ("steps in lambda",) + super()._claim_conditions()
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(self.name, "order", self.order, (2, 3))

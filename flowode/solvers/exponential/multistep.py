@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ...schedules import sigma_to_lambda
 from ..base import Step, Stepper, check_choice
+from ..claims import LOWER_ORDER_FINAL_15, WARMUP_LOWER, OrderClaim
 from ..registry import register
 from .updates import dpmpp_multistep_update, multistep_order
 
@@ -43,6 +44,9 @@ class _DPMSolverPPMultistep(Stepper):
     def _coefficients(self) -> str:
         return "taylor"
 
+    def _lof(self) -> tuple[str, ...]:
+        return (LOWER_ORDER_FINAL_15,) if self.lower_order_final else ()
+
     def init(self, run: "Run") -> Any:
         return ()  # the history: (lambda, x0) pairs, newest last
 
@@ -70,6 +74,10 @@ class DPMSolverPP2M(_DPMSolverPPMultistep):
     order = 2
     source = "Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 2 (DPM-Solver++(2M))"
     max_order = 2
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """Second order: the first-order first step's ``O(h^2)`` local error does not lower it."""
+        return (OrderClaim(2, conditions=self._lof()),)
 
 
 @register
@@ -100,6 +108,15 @@ class DPMSolverPP3M(_DPMSolverPPMultistep):
 
     def __post_init__(self) -> None:
         check_choice(self.name, "coefficients", self.coefficients, ("taylor", "reference"))
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """Second order as registered (the warm-up's first-order step); the Taylor coefficients are
+        third order once the warm-up steps are short; the reference coefficients never are."""
+        if self.coefficients == "reference":
+            return (OrderClaim(2, conditions=self._lof(), note="coefficients='reference': its p'' coefficient is "
+                               "half the Taylor one, so it is second order also with an accurate warm-up"),)
+        return (OrderClaim(2, conditions=(WARMUP_LOWER,) + self._lof(), nominal=3, reach="a refined start"),
+                OrderClaim(3, grid="refined_start", conditions=self._lof()))
 
     @property
     def _coefficients(self) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor
 
 from ..base import Step, Stepper, check_fraction
+from ..claims import OrderClaim
 from ..registry import register
 from .updates import data_first_order, dpm_solver_2_update, dpm_solver_3_update, dpmpp_2s_update, noise_first_order
 
@@ -41,6 +42,9 @@ class _TwoStage(_LogSNRStepper):
     def __post_init__(self) -> None:
         check_fraction(self.name, self.fraction, getattr(self, self.fraction))
 
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        return (OrderClaim(2, conditions=(f"any `{self.fraction}` in (0, 1]",)),)
+
 
 @register
 @dataclass
@@ -51,6 +55,9 @@ class DPMSolver1(_LogSNRStepper):
 
     name = "dpm_solver_1"
     source = "Lu et al., DPM-Solver, NeurIPS 2022, eq. 3.7 (DPM-Solver-1 = DDIM)"
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        return (OrderClaim(1),)
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
         pred = run.predict(x, sigma)
@@ -105,6 +112,9 @@ class DPMSolver3(_LogSNRStepper):
     source = "Lu et al., DPM-Solver, NeurIPS 2022, Algorithm 2 (DPM-Solver-3), r1=1/3, r2=2/3"
     r1 = 1.0 / 3.0
     r2 = 2.0 / 3.0
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        return (OrderClaim(3),)
 
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
         pred = run.predict(x, sigma)

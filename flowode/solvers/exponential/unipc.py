@@ -29,6 +29,7 @@ from torch import Tensor
 from ...schedules import sigma_to_lambda
 from ..base import Step, Stepper, check_choice
 from ..boundary import Boundary
+from ..claims import WARMUP_LOWER, OrderClaim
 from ..registry import register
 from .updates import UNIPC_VARIANTS, History, dpmpp_multistep_update, multistep_order, unic_update, unip_update
 
@@ -45,8 +46,9 @@ class UniPC(Stepper):
 
     Options:
         order: predictor order ``p`` in 1..3 (default 2, as diffusers' ``solver_order``); the
-            first steps warm up with orders 1, 2, ... With the corrector the method has order
-            ``p + 1`` (given an accurate warm-up; the first step is UniP-1 + UniC-1).
+            first steps warm up with orders 1, 2, ... With the corrector the formula has order
+            ``p + 1`` (given an accurate warm-up; the first step is UniP-1 + UniC-1); what a grid
+            gets with these options is :meth:`order_claims` (default: 2, because of the last step).
         variant: ``"bh2"`` (default, ``B(h) = expm1(-h)``, recommended by the paper for few steps
             and diffusers' default) or ``"bh1"`` (``B(h) = -h``).
         corrector: apply UniC after every step but the last (default True; NFE unchanged).
@@ -80,12 +82,43 @@ class UniPC(Stepper):
 
     @property
     def convergence_order(self) -> int:
+        """The order of the method with an accurate start and end: ``order + 1`` with the corrector.
+        What a grid gets is :meth:`order_claims` (2 with the defaults: the last step is UniP-1)."""
         return self.order + 1 if self.corrector else self.order
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """Measured in tests/test_orders_registry.py:
+
+        * corrector, ``lower_order_final=True`` (default): 2 -- the last step is UniP-1 and no
+          corrector follows it (local error ``O(h^2)``);
+        * corrector, ``lower_order_final=False``: ``min(order + 1, 3)`` -- the last step is UniP-p,
+          uncorrected (``O(h^(p+1))``), and the first step UniP-1 + UniC-1 (order 2, ``O(h^3)``) caps
+          it at 3;
+        * no corrector: UniP-p with a lower-order warm-up, ``min(order, 2)``."""
+        p, nominal = self.order, self.convergence_order
+        if not self.corrector:
+            if p == 1:
+                return (OrderClaim(1, conditions=("corrector=False",)),)
+            return (OrderClaim(2, conditions=("corrector=False", WARMUP_LOWER), nominal=p,
+                               reach="a refined start"),)
+        if p == 1:
+            return (OrderClaim(2),)
+        if self.lower_order_final:
+            # the UniP-1 last step's error has a small constant: the order falls to 2 late on a mixture
+            return (OrderClaim(2, conditions=("lower_order_final=True: the last step is UniP-1 and no corrector "
+                                              "follows it",), nominal=min(nominal, 3), reach="lower_order_final=False",
+                               from_steps=1024),)
+        last = f"lower_order_final=False: the last step is UniP-{p}, uncorrected"
+        if p == 2:
+            return (OrderClaim(3, conditions=(last,)),)
+        return (OrderClaim(3, conditions=(last, "the first step is UniP-1 + UniC-1 (order 2): its O(h^3) local "
+                                          "error caps the order at 3"), nominal=4, reach="a third-order first step",
+                           from_steps=128),)
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
-        out.update(order=self.convergence_order, predictor_order=self.order, variant=self.variant,
-                   corrector=self.corrector, predictor=self.predictor)
+        out.update(predictor_order=self.order, variant=self.variant, corrector=self.corrector,
+                   predictor=self.predictor)
         return out
 
     def native(self, kind: Boundary) -> bool:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..base import AdaptiveStepper, IntervalResult, SolverError
+from ..claims import OrderClaim
 from ..registry import register
 from ..run import BudgetExhausted
 
@@ -34,7 +35,14 @@ class ScipySolver(AdaptiveStepper):
 
     method: ClassVar[str] = ""
     stages: ClassVar[Optional[int]] = None
+    #: why the method has no convergence order (empty: it has ``order``)
+    no_order: ClassVar[str] = ""
     differentiable = False  # the state goes through NumPy: autograd would see only the boundary steps
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        if self.no_order:
+            return (OrderClaim(None, kind="none", grid="adaptive", note=self.no_order),)
+        return super().order_claims()
 
     def integrate_interval(self, run: "Run", fld: "ProbabilityFlow", y0: Tensor, s0: float, s1: float,
                            outputs: list[float], field: Callable[[Tensor, float], Tensor],
@@ -96,12 +104,13 @@ class ScipySolver(AdaptiveStepper):
                               "ok", extra)
 
 
-def _scipy(name: str, method: str, order: int, stages: Optional[int], cls_name: str, source: str) -> type[ScipySolver]:
+def _scipy(name: str, method: str, order: int, stages: Optional[int], cls_name: str, source: str,
+           no_order: str = "") -> type[ScipySolver]:
     doc = (f"{cls_name}: scipy's ``{method}`` (``scipy.integrate.{method}``), order {order}. {source}\n\n"
            f"{AdaptiveStepper.__doc__}")
     cls = type(cls_name, (ScipySolver,), {
         "__doc__": doc, "name": name, "order": order, "method": method, "source": source, "stages": stages,
-        "__annotations__": {},
+        "no_order": no_order, "__annotations__": {},
     })
     return register(dataclass(cls))  # type: ignore[return-value]
 
@@ -113,4 +122,8 @@ ScipyDOP853 = _scipy("scipy_dop853", "DOP853", 8, 12, "ScipyDOP853",
                      "(+3 for each dense-output interpolation at an inner grid level).")
 ScipyLSODA = _scipy("scipy_lsoda", "LSODA", 12, None, "ScipyLSODA",
                     "Petzold (1983) / ODEPACK LSODA: Adams (orders 1-12) / BDF switching; its finite-"
-                    "difference Jacobian costs one evaluation per state entry (small problems only).")
+                    "difference Jacobian costs one evaluation per state entry (small problems only).",
+                    no_order="LSODA switches between Adams (orders 1-12) and BDF (orders 1-5) and picks the order at "
+                             "every step: 12 is its largest Adams order, not a convergence order; its error follows "
+                             "rtol / atol")
+

@@ -23,6 +23,7 @@ from torch import Tensor
 from ...field import COORDINATES
 from ..base import Step, Stepper, check_choice
 from ..boundary import Boundary
+from ..claims import WARMUP_LOWER, OrderClaim
 from ..registry import register
 from ..rk.explicit import explicit_step
 from ..rk.methods import RK4
@@ -96,6 +97,19 @@ class LagrangeMultistep(Stepper):
 
     def _k(self) -> int:
         return self.order
+
+    def _extra_conditions(self) -> tuple[str, ...]:
+        return ()
+
+    def order_claims(self) -> tuple[OrderClaim, ...]:
+        """``order`` with ``warmup="rk4"``; 2 with the lower-order warm-up (its Euler first step),
+        which shows only on fine grids (the ``h^2`` term has a small constant)."""
+        k, extra = self._k(), self._extra_conditions()
+        if k == 1:
+            return (OrderClaim(1, conditions=extra),)
+        if self.warmup == "rk4":
+            return (OrderClaim(k, conditions=("warmup='rk4'",) + extra),)
+        return (OrderClaim(2, conditions=(WARMUP_LOWER,) + extra, nominal=k, reach="warmup='rk4'", from_steps=128),)
 
     def _coordinates(self) -> str:
         return "sigma"
