@@ -16,7 +16,7 @@ from .models import EpsilonModel, NetworkOutputError
 from .optimize import load_grid, optimize_grid, save_grid
 from .orders import fit_order
 from .pretrained import list_pretrained, load_pretrained
-from .recording import StepEvent
+from .recording import StepEvent, TrajectoryFiles, load_trajectory
 from .schedules import (
     CosineVPSchedule,
     DiscreteVPSchedule,
@@ -47,7 +47,7 @@ __all__ = [
     "ProbabilityFlow",
     # grids and the driver
     "sigma_grid", "sigmas_from_timesteps", "check_grid", "resolve_grid",
-    "integrate", "sample", "encode", "decode", "Solution", "StepEvent",
+    "integrate", "sample", "encode", "decode", "Solution", "StepEvent", "load_trajectory", "TrajectoryFiles",
     # ground truth, inversion, grids fitted to a solver
     "Gaussian", "GaussianMixture", "reference_solve", "roundtrip", "RoundTrip", "latent_stats",
     "invertibility_report", "fit_order", "optimize_grid", "save_grid", "load_grid",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -213,6 +214,7 @@ def integrate(
     *,
     save_at: SaveAt = None,
     save_trajectory: bool = False,
+    save_to: Union[None, str, "os.PathLike[str]"] = None,
     generator: Union[None, torch.Generator, Sequence[torch.Generator]] = None,
     seed: Optional[int] = None,
     noise: Optional[NoiseSource] = None,
@@ -238,6 +240,11 @@ def integrate(
         save_at: which states to keep (:mod:`flowode.recording`): ``None`` (default), ``"steps"``
             or a sequence of noise levels.
         save_trajectory: the same as ``save_at="steps"``.
+        save_to: a directory: stream what ``save_at`` keeps to ``trajectory.npy`` / ``denoised.npy``
+            there as the solve goes (at most one recorded state in memory, whatever the number of
+            steps); ``Solution.trajectory`` / ``.denoised`` are then memory-mapped views of the
+            files, bitwise what an in-memory solve returns (:func:`flowode.load_trajectory`). A failed
+            solve removes its unfinished files.
         generator: ``torch.Generator`` used for every random draw (stochastic solvers), or a list
             of them, one per sample (as diffusers takes). A single generator's draws depend on the
             batch size; prefer ``seed``.
@@ -310,7 +317,7 @@ def integrate(
     if check_prior:
         _check_start_scale(model, x, levels)
     check_direction(levels, stepper.name)
-    recorder = Recorder("steps" if save_trajectory and save_at is None else save_at)
+    recorder = Recorder("steps" if save_trajectory and save_at is None else save_at, save_to)
     if not stepper.adaptive:
         recorder.check_levels(levels)
     with _grad_context(grad), _progress(progress, None if stepper.adaptive else len(levels) - 1, stepper.name) as bar:
@@ -324,8 +331,10 @@ def integrate(
                 out, stats = adaptive_loop(run, stepper, x, hooks)
             else:
                 out, stats = fixed_loop(run, stepper, x, hooks, check_interval, plan)
-        except RuntimeError as exc:  # a step coefficient the state's dtype cannot hold (take_step names the step)
-            if "without overflow" not in str(exc):
+        except BaseException as exc:
+            recorder.discard()
+            # a step coefficient the state's dtype cannot hold (take_step names the step)
+            if not isinstance(exc, RuntimeError) or "without overflow" not in str(exc):
                 raise
             raise SolverError(
                 f"solver {stepper.name!r} needs a coefficient that a {str(x.dtype).replace('torch.', '')} state cannot "

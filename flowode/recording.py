@@ -8,20 +8,32 @@
   grid level and boundary-step end (the accepted steps are in ``Solution.stats``);
 * a sequence of noise levels: the states at those levels (grid levels for fixed-step solvers; any
   level inside the integrated interval for adaptive ones, where the steps land on them).
+
+``save_to`` (a directory) streams what ``save_at`` keeps to disk instead of memory
+(:class:`TrajectoryFiles`): each state is appended to ``trajectory.npy`` (and each x0 prediction
+to ``denoised.npy``) as soon as it is final, so a solve holds at most one recorded state in memory
+whatever its number of steps (the last one, which a predictor-corrector step may still revise).
+``Solution.trajectory`` / ``.denoised`` are then memory-mapped views of those files
+(:func:`load_trajectory`), bitwise the tensors an in-memory solve returns.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import struct
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from pathlib import Path
+from typing import IO, Any, NamedTuple, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .models import Prediction
 
-__all__ = ["StepEvent", "Recorder", "SaveAt"]
+__all__ = ["StepEvent", "Recorder", "SaveAt", "TrajectoryFiles", "load_trajectory"]
 
 SaveAt = Union[None, bool, str, Sequence[float], Tensor]
 
@@ -55,7 +67,7 @@ class StepEvent:
 class Recorder:
     """Keeps the states (and x0 predictions) that ``save_at`` asks for."""
 
-    def __init__(self, save_at: SaveAt) -> None:
+    def __init__(self, save_at: SaveAt, save_to: Union[None, str, os.PathLike[str]] = None) -> None:
         self.every = save_at is True or save_at == "steps"
         self.levels: Optional[set[float]] = None
         if not self.every and save_at is not None and save_at is not False:
@@ -75,6 +87,15 @@ class Recorder:
         self.states: list[Tensor] = []
         self.sigmas: list[float] = []
         self.denoised: list[Tensor] = []
+        self.files: Optional[_Streams] = None
+        if save_to is not None:
+            if not isinstance(save_to, (str, os.PathLike)):
+                raise TypeError(f"`save_to` must be a directory path (str or os.PathLike), got "
+                                f"{type(save_to).__name__}.")
+            if not self.active:
+                raise ValueError(f"`save_to`={str(save_to)!r} streams what `save_at` keeps, but save_at={save_at!r} "
+                                 "keeps nothing: pass save_at='steps' (or noise levels) too.")
+            self.files = _Streams(Path(save_to))
 
     @property
     def active(self) -> bool:
@@ -102,6 +123,8 @@ class Recorder:
 
     def state(self, sigma: float, x: Tensor) -> None:
         if self.wants(sigma):
+            if self.files is not None and self.states:  # the previous state is final now: to disk
+                self.files.states.append(self.states.pop())
             self.states.append(x.detach())
             self.sigmas.append(sigma)
 
@@ -113,13 +136,159 @@ class Recorder:
     def prediction(self, sigma: float, pred: Optional[Prediction]) -> None:
         """Keep the x0 prediction made at ``sigma`` (the start of a step)."""
         if pred is not None and self.wants(sigma):
-            self.denoised.append(pred.x0.detach())
+            if self.files is not None:
+                self.files.denoised.append(pred.x0.detach())
+            else:
+                self.denoised.append(pred.x0.detach())
+
+    def discard(self) -> None:
+        """A failed solve: close and remove the unfinished files of ``save_to``."""
+        if self.files is not None:
+            self.files.discard()
 
     def result(self) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-        """``(trajectory, trajectory_sigmas, denoised)`` stacked, or ``None`` each."""
+        """``(trajectory, trajectory_sigmas, denoised)`` stacked (memory-mapped from the files of
+        ``save_to``), or ``None`` each."""
+        if self.files is not None:
+            if self.states:
+                self.files.states.append(self.states.pop())
+            self.files.finish(self.sigmas)
+            files = load_trajectory(self.files.root)
+            return files.trajectory, files.sigmas, files.denoised
         if not self.states:
             return None, None, None
         traj = torch.stack(self.states)
         sig = torch.tensor(self.sigmas, dtype=torch.float64)
         den = torch.stack(self.denoised) if self.denoised else None
         return traj, sig, den
+
+
+# ------------------------------------------------------------------------------------------ streaming
+#: bytes of a streamed .npy header (magic, version, length, padded dict): fixed, so the shape can be
+#: rewritten in place when the file is complete (NumPy pads its own headers the same way, to 64 bytes)
+_HEADER_BYTES = 256
+#: torch dtypes NumPy cannot hold: stored as raw 16-bit integers, viewed back on reading
+_RAW_DTYPES = {torch.bfloat16: np.dtype("<u2")}
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """An NPY 1.0 header (the format of ``numpy.lib.format``) of exactly ``_HEADER_BYTES`` bytes."""
+    body = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (np.lib.format.dtype_to_descr(dtype), shape)
+    room = _HEADER_BYTES - 10 - 1  # magic (6) + version (2) + length (2); the dict ends with a newline
+    if len(body) > room:  # pragma: no cover - a 20-dimensional state
+        raise ValueError(f"a state of shape {shape[1:]} has too many dimensions to stream (`save_to`).")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", _HEADER_BYTES - 10) + (body.ljust(room) + "\n").encode("latin1")
+
+
+class _NpyStream:
+    """Appends equally shaped tensors to one ``.npy`` file: written to ``NAME.partial``, header
+    rewritten with the final count and the file renamed to ``NAME`` by :meth:`finish`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        self.fh: Optional[IO[bytes]] = None
+        self.count = 0
+        self.shape: tuple[int, ...] = ()
+        self.dtype: Optional[torch.dtype] = None
+
+    def append(self, x: Tensor) -> None:
+        x = x.detach().to("cpu").contiguous()
+        if self.fh is None:
+            self.shape, self.dtype = tuple(x.shape), x.dtype
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.partial, "wb")
+            self.fh.write(b"\0" * _HEADER_BYTES)
+        elif tuple(x.shape) != self.shape or x.dtype != self.dtype:  # pragma: no cover - the driver's states agree
+            raise ValueError(f"`save_to`: a state of shape {tuple(x.shape)} / {x.dtype} after {self.shape} / "
+                             f"{self.dtype}; streamed states must all have one shape and dtype.")
+        raw = _RAW_DTYPES.get(x.dtype)
+        arr = x.view(torch.int16).numpy().view(raw) if raw is not None else x.numpy()
+        self.fh.write(np.ascontiguousarray(arr).tobytes())  # one state: a copy of its bytes at most
+        self.count += 1
+
+    def finish(self) -> Optional[str]:
+        """Close the file; returns the torch dtype's name, or ``None`` (nothing was written)."""
+        if self.fh is None:
+            self.remove()
+            return None
+        assert self.dtype is not None
+        np_dtype = _RAW_DTYPES.get(self.dtype) or torch.empty(0, dtype=self.dtype).numpy().dtype
+        self.fh.seek(0)
+        self.fh.write(_npy_header(np_dtype, (self.count, *self.shape)))
+        self.fh.close()
+        self.fh = None
+        os.replace(self.partial, self.path)
+        return str(self.dtype).replace("torch.", "")
+
+    def discard(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+        self.partial.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        self.discard()
+        if self.path.exists():
+            self.path.unlink()
+
+
+class _Streams:
+    """The files of one ``save_to`` directory."""
+
+    def __init__(self, root: Path) -> None:  # nothing touches the disk before the first state
+        self.root = root
+        self.states = _NpyStream(root / "trajectory.npy")
+        self.denoised = _NpyStream(root / "denoised.npy")
+
+    def finish(self, sigmas: list[float]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "meta.json").unlink(missing_ok=True)  # an older run's files are not this one's
+        dtypes = {"trajectory": self.states.finish(), "denoised": self.denoised.finish()}
+        np.save(self.root / "sigmas.npy", np.asarray(sigmas, dtype=np.float64))
+        meta = {"format": "flowode trajectory 1", "dtypes": dtypes, "count": len(sigmas)}
+        with open(self.root / "meta.json", "w") as f:
+            json.dump(meta, f)
+
+    def discard(self) -> None:
+        self.states.discard()
+        self.denoised.discard()
+
+
+class TrajectoryFiles(NamedTuple):
+    """A trajectory streamed by ``integrate(..., save_to=DIR)`` (:func:`load_trajectory`).
+
+    Attributes:
+        trajectory: ``(len, *x.shape)`` states, memory-mapped (copy-on-write: writing to it never
+            changes the file), or ``None`` if no state was kept.
+        sigmas: ``(len,)`` float64, the noise level of each state.
+        denoised: the x0 prediction made at the start of each kept step, memory-mapped, or ``None``.
+    """
+
+    trajectory: Optional[Tensor]
+    sigmas: Optional[Tensor]
+    denoised: Optional[Tensor]
+
+
+def load_trajectory(path: Union[str, os.PathLike[str]]) -> TrajectoryFiles:
+    """Read the directory written by ``integrate(..., save_to=path)`` back, memory-mapped: only the
+    pages a caller touches are read from disk."""
+    root = Path(path)
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"`path`={str(path)!r} holds no finished flowode trajectory (no meta.json): "
+                                "write one with flowode.integrate(..., save_at='steps', save_to=path).")
+    with open(meta_path) as f:
+        meta = json.load(f)
+
+    def read(name: str) -> Optional[Tensor]:
+        dtype = meta["dtypes"].get(name)
+        if dtype is None:
+            return None
+        arr = np.load(root / f"{name}.npy", mmap_mode="c")
+        t = torch.from_numpy(arr)
+        return t.view(torch.int16).view(torch.bfloat16) if dtype == "bfloat16" else t
+
+    traj = read("trajectory")
+    sig = torch.from_numpy(np.load(root / "sigmas.npy")) if traj is not None else None
+    return TrajectoryFiles(traj, sig, read("denoised"))

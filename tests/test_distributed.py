@@ -116,3 +116,24 @@ def test_bench_two_ranks_same_records(tmp_path: Path) -> None:
     kept = {json.loads(line)["key"]: json.loads(line)["finished"] for line in lines[:3]}
     merged = [json.loads(line) for line in (tmp_path / "two" / "results.jsonl").read_text().splitlines()]
     assert {r["key"]: r["finished"] for r in merged if r["key"] in kept} == kept  # not redone
+
+
+def test_likelihood_two_ranks_bitwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``flowode likelihood`` under torchrun: blocks of --block samples round-robin over the ranks, each
+    block's Hutchinson probes from its own seed; rank 0's merged results equal one process's bitwise.
+    (``flowode study ddpm-vs-ddim`` is not sharded: its single run takes minutes, see docs/scale-out.md.)"""
+    args = ["likelihood", "--samples", "24", "--block", "8", "--solver", "heun", "--steps", "3", "--divergence",
+            "hutchinson", "--probes", "2"]
+    from flowode.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert main([*args, "--json", "one.json"]) == 0  # one process, in this one (no interpreter start-up)
+    assert "sum over 3 blocks of --block 8;" in capsys.readouterr().out
+    two = _flowode([*args, "--json", "two.json"], tmp_path, nproc=2)
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert len(a["bits_per_dim"]) == 24 and a == b
+    assert "sum over 3 blocks of --block 8 on 2 ranks" in two.stdout
+    assert not list(tmp_path.glob("*.parts"))

@@ -158,3 +158,30 @@ def test_preflight_refuses_a_group_failing_at_its_smallest_and_largest_budget(tm
                   tmp_path / "r.jsonl", progress=False, log=lambda m: None)
     assert set(calls) == {1, 2}  # the fingerprint probe (2 samples) and the one-sample preflight only
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_stochastic_cell_samples_do_not_depend_on_the_sample_count(monkeypatch):
+    """A DDPM cell's draws are keyed by (seed, sample index, step): its first 4 samples are the same bits
+    whether the cell has 4 or 12 samples (issue 14; with one torch.Generator they were not)."""
+    import torch
+
+    from flowode.bench import engine, get_problem
+    from flowode.bench.metrics import ReferenceCache
+    from flowode.bench.spec import Cell
+
+    outs = []
+    real = engine.integrate
+
+    def keep(*args, **kwargs):
+        sol = real(*args, **kwargs)
+        outs.append(sol.x)
+        return sol
+
+    monkeypatch.setattr(engine, "integrate", keep)
+    prob = get_problem("gmm2d")
+    for n in (4, 12):
+        outs.clear()
+        engine.run_cell(prob, Cell("gmm2d", "ddpm", {}, 6, None, 0, n), ReferenceCache(None), sw_projections=8)
+        if n == 4:
+            first = outs[0]
+    assert outs[0].shape[0] == 12 and torch.equal(outs[0][:4], first)

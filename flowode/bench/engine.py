@@ -119,8 +119,9 @@ def run_cell(problem: Problem, cell: Cell, refs: ReferenceCache, *, device: Unio
     x_T = problem.prior(cell.samples, s0, cell.seed, dev)
 
     def solve() -> Any:
-        gen = torch.Generator(device=dev).manual_seed(cell.seed + 1)
-        return integrate(problem.model, x_T, grid, slv, generator=gen)
+        # a stochastic solver's draws keyed by (seed, sample index, step): sample i of a cell is the same at any
+        # --samples (its x_T is a prefix of the same generator stream), and the same path at any step count
+        return integrate(problem.model, x_T, grid, slv, seed=cell.seed + 1)
 
     sol, seconds, meter = _timed(solve, dev, repeats)
     rec = _record(problem, cell, sol.x, x_T, s0, s1, refs, dev, sw_projections)
@@ -218,9 +219,8 @@ def _preflight(problems: dict[str, Problem], cells: list[Cell], device: str) -> 
         failures = []
         for nfe, grid in tries:
             x = problem.prior(1, float(grid[0]), c0.seed, device)
-            gen = torch.Generator(device=device).manual_seed(c0.seed + 1)
             try:
-                integrate(problem.model, x, grid, slv, generator=gen)
+                integrate(problem.model, x, grid, slv, seed=c0.seed + 1)
             except (ValueError, TypeError) as exc:
                 failures.append((nfe, exc))
                 continue

@@ -59,7 +59,8 @@ class ReferenceCache:
         self.mem: dict[str, tuple[Tensor, str]] = {}
 
     def get(self, problem: Problem, x_T: Tensor, seed: int, s0: float, s1: float) -> tuple[Tensor, str]:
-        ident = [problem.name, seed, x_T.shape[0], repr(s0), repr(s1), str(problem.dtype)]
+        # "keyed": the start states are keyed draws (Problem.prior); caches of the older generator draws never match
+        ident = [problem.name, seed, x_T.shape[0], repr(s0), repr(s1), str(problem.dtype), "keyed"]
         if problem.fingerprint is not None:
             ident.append(problem.fingerprint)
         key = json.dumps(ident)

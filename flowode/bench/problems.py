@@ -63,9 +63,10 @@ class Problem:
         return int(math.prod(self.shape))
 
     def prior(self, n: int, sigma: float, seed: int, device: Union[str, torch.device] = "cpu") -> Tensor:
-        """``n`` prior draws at noise level ``sigma``, reproducible from ``seed`` (drawn on the CPU)."""
-        gen = torch.Generator().manual_seed(int(seed))
-        x = self.model.prior_sample((n, *self.shape), sigma, generator=gen, dtype=self.dtype)
+        """``n`` prior draws at noise level ``sigma``, keyed by ``(seed, sample index)`` (drawn on the CPU):
+        sample ``i`` is the same whatever ``n`` (a ``torch.Generator`` stream is not: its first rows change
+        with the size of the draw)."""
+        x = self.model.prior_sample((n, *self.shape), sigma, seed=int(seed), dtype=self.dtype)
         return x.to(device)
 
 

@@ -78,7 +78,6 @@ def _ddpm_vs_ddim(samples: int, seed: int, out: Any, formats: list[str]) -> list
 
 def _step_size_solutions(prob: Any, solver: tuple[str, dict[str, Any]], nfe: int, seed: int) -> dict[str, Any]:
     """``solver`` at ``nfe`` on four grid spacings, plus the first registered adaptive solver."""
-    import torch
 
     from ..grids import sigma_grid
     from ..integrate import integrate, sample
@@ -90,8 +89,7 @@ def _step_size_solutions(prob: Any, solver: tuple[str, dict[str, Any]], nfe: int
     name, opts = solver
     for spacing in ("trailing", "quadratic", "karras", "logsnr"):
         sols[f"{name}, {spacing} grid"] = sample(prob.model, x_T, nfe=nfe, solver=name, save_trajectory=True,
-                                                 spacing=spacing, generator=torch.Generator().manual_seed(seed),
-                                                 **opts)
+                                                 spacing=spacing, seed=seed, **opts)
     for adaptive in sorted(SOLVERS):
         if SOLVERS[adaptive].adaptive:
             try:
@@ -104,7 +102,6 @@ def _step_size_solutions(prob: Any, solver: tuple[str, dict[str, Any]], nfe: int
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..bench import BenchSpec, get_problem, markdown_table, preferred_solvers, resolve_solvers, run_bench
     from ..integrate import sample
@@ -147,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     x_T = imgs.prior(6, imgs.model.schedule.sigma_max, args.seed)
     name, opts = solvers[0]
     img_sol = sample(imgs.model, x_T, nfe=mid, solver=name, save_trajectory=True, spacing=spec.spacings[0],
-                     generator=torch.Generator().manual_seed(args.seed), **opts)
+                     seed=args.seed, **opts)
     for fmt in formats:
         paths.append(plot_step_sizes(sols, out / f"step_sizes.{fmt}"))
         paths.append(plot_denoised_grid(img_sol, out / f"x0_grid_shapes8x8.{fmt}",

@@ -47,7 +47,84 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     p.add_argument("--grid", type=int, default=48, help="figure grid points per axis (default 48)")
     p.add_argument("--lim", type=float, default=3.0, help="figure extent [-lim, lim]^2 (default 3)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the per-sample results as JSON")
+    p.add_argument("--block", type=int, default=None,
+                   help="samples per solve (default: all in one). Under torchrun the blocks go round-robin over the "
+                        "ranks and rank 0 merges; block b's probes and dequantisation noise come from its own seed, "
+                        "so the results equal a one-process run with the same --block, bitwise on the CPU")
     return p
+
+
+def block_seed(seed: int, b: int) -> int:
+    """The seed of block ``b``'s generator: ``seed`` itself for block 0 (a one-block run is the
+    unsharded run), a hash of ``(seed, b)`` for the others."""
+    from .. import distributed
+
+    return seed if b == 0 else int(distributed.fingerprint({"seed": seed, "block": b}), 16) % (1 << 63)
+
+
+_FIELDS = ("bits_per_dim", "nats", "prior", "flow", "stderr", "stderr_bpd")
+
+
+def _solve_blocks(args: argparse.Namespace, model: Any, x: Any, kwargs: dict[str, Any], opts: dict[str, Any],
+                  ) -> Any:
+    """The likelihood of ``x`` in blocks of ``--block`` samples, sharded over torchrun's ranks (each
+    finished block written at once to a part file, so a rerun resumes); rank 0 returns the merged
+    result, the other ranks ``None``."""
+    import types
+
+    import torch
+
+    import flowode
+
+    from .. import distributed
+
+    block = args.block if args.block is not None else len(x)
+    todo = distributed.blocks(len(x), block)
+    with distributed.session("cpu") as dist:
+        if dist.main and len(todo) < dist.world:
+            print(f"flowode likelihood: {len(todo)} block(s) of --block {block} for {dist.world} ranks: "
+                  f"{dist.world - len(todo)} rank(s) stay idle; a smaller --block spreads the work.", file=sys.stderr)
+        if dist.world == 1 and len(todo) == 1:  # nothing to shard or resume: no files
+            res = flowode.likelihood(model, x, generator=torch.Generator().manual_seed(args.seed), **kwargs, **opts)
+            return res
+        run_id = distributed.fingerprint({
+            "model": args.model, "data": args.data, "samples": len(x), "solver": args.solver, "steps": args.steps,
+            "options": opts, "kwargs": {k: v for k, v in kwargs.items() if k != "solver"}, "seed": args.seed,
+            "block": block, "data_sum": float(x.double().sum())})
+        parts = Path((args.json or "flowode-likelihood") + ".parts") / run_id
+        for b, idx in distributed.mine(todo, dist):
+            path = parts / f"block-{b:06d}.pt"
+            part = distributed.load_part(path)
+            if part is None or len(part["nats"]) != len(idx):
+                res = flowode.likelihood(model, x[idx.start:idx.stop],
+                                         generator=torch.Generator().manual_seed(block_seed(args.seed, b)),
+                                         **kwargs, **opts)
+                part = {k: getattr(res, k).detach().cpu() for k in _FIELDS}
+                part.update(nfe=int(res.nfe), sigma_start=float(res.sigma_start), sigma_end=float(res.sigma_end),
+                            offset=float(res.offset))
+                distributed.save_atomic(part, path)
+        dist.barrier()  # the only collective: every block is on disk
+        if not dist.main:
+            return None
+        loaded = [distributed.load_part(parts / f"block-{b:06d}.pt") for b in range(len(todo))]
+        missing = [b for b, q in enumerate(loaded) if q is None]
+        if missing:
+            raise RuntimeError(f"blocks {missing[:5]} of {len(todo)} are missing from {parts}; rerun the same command "
+                               "to resume.")
+        import contextlib
+        import shutil
+
+        shutil.rmtree(parts, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            parts.parent.rmdir()
+        merged = {k: torch.cat([q[k] for q in loaded]) for k in _FIELDS}
+        nfes = [int(q["nfe"]) for q in loaded]
+        lo, hi = min(nfes), max(nfes)
+        where = f" on {dist.world} ranks" if dist.world > 1 else ""
+        return types.SimpleNamespace(
+            **merged, nfe=sum(nfes), sigma_start=loaded[0]["sigma_start"], sigma_end=loaded[0]["sigma_end"],
+            offset=loaded[0]["offset"], nfe_note=f" (sum over {len(todo)} blocks of --block {block}{where}; "
+                                                 f"{lo if lo == hi else f'{lo}-{hi}'} per block)")
 
 
 def _load_data(path: str) -> Any:
@@ -91,7 +168,6 @@ def _true_logp(name: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     import flowode
 
@@ -118,10 +194,13 @@ def run(args: argparse.Namespace) -> int:
     if args.model == "digits" and args.bits is None and args.levels is None:
         print("note: digits are 17-level data (k / 8 - 1): pass --levels 17 for the bits/dim of the discrete data; "
               "without it the result is a continuous density at the data points.", file=sys.stderr)
-    res = flowode.likelihood(model, x, solver=args.solver, steps=args.steps, divergence=div, probes=args.probes,
-                             probe=args.probe, generator=torch.Generator().manual_seed(args.seed),
-                             sigma_start=args.sigma_start, bits=args.bits, levels=args.levels,
-                             data_range=(rng[0], rng[1]), **opts)
+    if args.block is not None and args.block < 1:
+        raise ValueError(f"`--block` must be a positive integer, got {args.block}.")
+    kwargs = dict(solver=args.solver, steps=args.steps, divergence=div, probes=args.probes, probe=args.probe,
+                  sigma_start=args.sigma_start, bits=args.bits, levels=args.levels, data_range=(rng[0], rng[1]))
+    res = _solve_blocks(args, model, x, kwargs, opts)
+    if res is None:  # a rank other than 0: its blocks are on disk, rank 0 reports
+        return 0
     bpd = res.bits_per_dim
     sem = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
     hut = float(res.stderr_bpd.pow(2).mean().sqrt() / math.sqrt(len(bpd)))
@@ -135,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"bits/dim    {float(bpd.mean()):.4f} +- {sem:.4f} (s.e. over samples)"
           + (f", Hutchinson s.e. of the mean {hut:.4f}" if div == "hutchinson" else ""))
     print(f"nats/sample {float(res.nats.mean()):.4f}   prior {float(res.prior.mean()):.4f}   "
-          f"flow {float(res.flow.mean()):.4f}   NFE {res.nfe}")
+          f"flow {float(res.flow.mean()):.4f}   NFE {res.nfe}{getattr(res, 'nfe_note', '')}")
     mix = _true_logp(args.model) if args.data is None and d == 2 else None
     if mix is not None:  # the data's own density: what a perfect model would give
         a0 = float(model.schedule.alpha_from_sigma(res.sigma_start))
