@@ -40,6 +40,16 @@ def test_frechet_distance_matches_scipy_oracle_and_is_zero_on_itself():
         fdd.frechet_distance(a, b[:, :3])
 
 
+def test_extrapolated_fd_removes_most_of_the_finite_sample_bias():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(5000, 8, generator=g, dtype=torch.float64)
+    for n in (100, 200, 400):  # the same law: the true FD is 0 and the raw FD is all bias
+        a = torch.randn(n, 8, generator=g, dtype=torch.float64)
+        assert abs(fdd.frechet_distance_extrapolated(a, ref)) < 0.5 * fdd.frechet_distance(a, ref)
+    with pytest.raises(ValueError, match="two subset sizes"):
+        fdd.frechet_distance_extrapolated(ref[:3], ref, fractions=(1.0,))
+
+
 def test_classifier_card_accuracy_and_features():
     card = fdd.classifier_card()
     acc = fdd.heldout_accuracy()
@@ -58,6 +68,7 @@ def test_classifier_card_accuracy_and_features():
 
 def test_fd_floor_separates_real_from_noise_and_confidence_stats():
     floor = fdd.fd_floor(200, repeats=2)
+    assert set(floor) == {"heldout_vs_train", "heldout_vs_train_inf", "half_vs_half"}
     noise = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert 0 < floor["heldout_vs_train"][0] < 0.1 * fdd.fd_digits(noise)
     assert floor["half_vs_half"][0] > 0
