@@ -213,7 +213,8 @@ def init_from_pretrained(net: nn.Module, name: Union[str, Path]) -> dict[str, An
         detail = "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in
                            (("missing", missing), ("unexpected", extra), ("other shape", sorted(shapes))) if keys)
         raise ValueError(f"`init_from`={str(name)!r} holds another network ({detail}); build `net` with the "
-                         f"architecture of its card ({card['arch']}).")
+                         f"architecture of its card ({card['arch']}); CLI: the same --data and network options "
+                         f"as its train_command ({card.get('train_command', 'in its card')}).")
     with torch.no_grad():
         for k, v in net.state_dict().items():
             v.copy_(state[k].to(v.dtype))
