@@ -28,7 +28,7 @@ ORDER = [
     ("diffusers_parity.md", "diffusers schedulers reproduced by from_diffusers_scheduler (issue 11)"),
     ("likelihood.md", "Likelihood through the flow and gradient modes (issue 12)"),
     ("stochastic.md", "Stochastic samplers: strong and weak orders, keyed noise (issue 13)"),
-    ("ddpm_vs_ddim.md", "DDPM vs DDIM on the ring: the DDIM paper's Table 1 layout (issue 13)"),
+    ("ddpm_vs_ddim.md", "DDPM vs DDIM on the ring and the digits: the DDIM paper's Table 1 layout (issue 13)"),
     ("reliability_api.md", "Python API reliability: budget search and the copy of the start state (issue 10)"),
     ("dtype.md", "bfloat16 network against float32 for every deterministic solver (issue 14)"),
     ("throughput.md", "Throughput and memory: flowode vs a hand-written loop and diffusers' loop (issue 14)"),

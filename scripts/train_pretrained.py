@@ -2,7 +2,8 @@
 
     python scripts/train_pretrained.py ring8     # MLP on the 8-Gaussian ring (a few minutes, 1 CPU thread)
     python scripts/train_pretrained.py digits    # small class-conditional UNet on sklearn digits
-    python scripts/train_pretrained.py           # both
+    python scripts/train_pretrained.py digits_uncond   # unconditional UNet fine-tuned from digits
+    python scripts/train_pretrained.py           # all
 
 Training is ``flowode train`` with the presets below into ``out/pretrained/NAME/`` (resumable: an
 interrupted run started again continues from its checkpoint with bit-identical results). Then the
@@ -18,12 +19,16 @@ EMA weights are evaluated and copied, with their card, into ``flowode/pretrained
   (without and with guidance), (b) for unconditional samples the predicted-class histogram, its
   entropy (log 10 = 2.303 for uniform) and the classifier's mean confidence, next to the same on
   real held-out digits, and (c) the nearest-training-image distance (memorisation check).
-  Image grids go to docs/img/.
+  Image grids go to docs/img/. Also the FD-digits view (flowode.bench.fd_digits: the shipped CNN's
+  confidence statistics, FD-digits with its floor, the >= 80 % above 0.8 / every class >= 5 %
+  criterion) and, for a model fine-tuned from another (``--init-from``), the same figures for the
+  unconditional samples of that source model from the same noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -47,6 +52,11 @@ PRESETS = {
     "digits": ["--data", "digits", "--conditional", "--label-dropout", "0.2", "--steps", "2000", "--batch-size",
                "64", "--lr", "2e-3", "--warmup", "100", "--lr-decay", "cosine", "--ema-decay", "0.995",
                "--base-channels", "24", "--seed", "0", "--checkpoint-every", "200", "--threads", "1"],
+    # unconditional: the digits UNet with its null label folded in (exactly digits' unconditional mode
+    # at step 0), fine-tuned on every batch unconditionally (digits saw unlabelled batches only 20 %)
+    "digits_uncond": ["--data", "digits", "--init-from", "digits", "--steps", "4000", "--batch-size", "64",
+                      "--lr", "1e-3", "--warmup", "50", "--lr-decay", "cosine", "--ema-decay", "0.995",
+                      "--base-channels", "24", "--seed", "1", "--checkpoint-every", "500", "--threads", "1"],
 }
 EVAL_STEPS = 50
 
@@ -144,6 +154,7 @@ def eval_digits(name: str, card_path: Path, n_uncond: int = 1000, per_class: int
         d = torch.cdist(torch.as_tensor(f), torch.as_tensor(feats[tr])).min(1).values / 8.0  # [-1, 1] units
         return {"predicted_class_histogram": hist.tolist(), "predicted_class_entropy_nats": ent,
                 "mean_confidence": float(proba.max(1).mean()),
+                "fraction_confidence_above_0.8": float((proba.max(1) > 0.8).mean()),
                 "fraction_confidence_above_0.9": float((proba.max(1) > 0.9).mean()),
                 "mean_nearest_train_l2_distance_in_[-1,1]_units": float(d.mean()), "pred": pred}
 
@@ -162,10 +173,21 @@ def eval_digits(name: str, card_path: Path, n_uncond: int = 1000, per_class: int
     u.update(n=n_uncond, finite=bool(torch.isfinite(xu).all()))
     u["fraction_pixels_outside_[-1.05,1.05]"] = float((xu.abs() > 1.05).double().mean())
     out["unconditional"] = u
+    out["fd_digits"] = fd_digits_quality(xu)
+    src = (base.card.get("training") or {}).get("init_from")
+    if src:  # the model it was fine-tuned from, unconditional, the same noise and sampler
+        with torch.no_grad():
+            xs = flowode.sample(flowode.load_pretrained(src["model"]), noise, steps=EVAL_STEPS, solver="ddim").x
+        svc = stats(xs)
+        svc.pop("pred")
+        out["init_from_unconditional"] = {"model": src["model"], "svc": svc, "fd_digits": fd_digits_quality(xs)}
+    conditional = bool(base.card["arch"]["config"].get("num_classes"))
+    if not conditional:
+        out.pop("conditional")
     labels = torch.arange(10).repeat_interleave(per_class)
     noise_c = torch.randn(labels.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(2))
     cond_imgs = {}
-    for w in (None, 2.0):
+    for w in ((None, 2.0) if conditional else ()):
         model = flowode.load_pretrained(card_path, label=labels, guidance_scale=w)
         with torch.no_grad():
             xc = flowode.sample(model, noise_c, steps=EVAL_STEPS, solver="ddim").x
@@ -178,8 +200,11 @@ def eval_digits(name: str, card_path: Path, n_uncond: int = 1000, per_class: int
     img = ROOT / "docs" / "img"
     _grid_png(xu[:64], 8, img / f"{name}_unconditional.png",
               titles=None)
-    pick = torch.cat([torch.arange(10) * per_class + j for j in range(8)])  # 8 per class, column = class
-    _grid_png(cond_imgs[None][pick], 10, img / f"{name}_conditional.png")
+    figures = [f"docs/img/{name}_unconditional.png"]
+    if conditional:
+        pick = torch.cat([torch.arange(10) * per_class + j for j in range(8)])  # 8 per class, column = class
+        _grid_png(cond_imgs[None][pick], 10, img / f"{name}_conditional.png")
+        figures.append(f"docs/img/{name}_conditional.png")
     # the README's figure: the same 64 noises through three solvers, 20 steps each
     noise64 = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     grids, titles = [], []
@@ -190,9 +215,24 @@ def eval_digits(name: str, card_path: Path, n_uncond: int = 1000, per_class: int
         titles.append(f"{solver}, {steps} steps ({sol.nfe} NFE)")
     _grid_png(torch.cat(grids), 8, img / f"{name}_solvers.png", titles=titles)
     out["solvers_figure"] = titles
-    out["figures"] = [f"docs/img/{name}_unconditional.png", f"docs/img/{name}_conditional.png",
-                      f"docs/img/{name}_solvers.png"]
+    out["figures"] = figures + [f"docs/img/{name}_solvers.png"]
     return out
+
+
+def fd_digits_quality(xu: torch.Tensor, fd_n: int = 500) -> dict:
+    """The FD-digits classifier's view of unconditional samples (flowode.bench.fd_digits): confidence
+    statistics of all samples, FD-digits of the first ``fd_n`` with its floors at ``fd_n``, and the
+    acceptance criterion of issue 13 item 6 (>= 80 % above 0.8, every class >= 5 %)."""
+    from flowode.bench import fd_digits as fdd
+
+    c = fdd.confidence(xu)
+    _, _, x_te, _ = fdd.digits_split()
+    return {"classifier": "flowode.bench.fd_digits (DigitsClassifier, flowode/pretrained/classifiers/digits_cnn)",
+            "classifier_heldout_accuracy": fdd.heldout_accuracy(), "real_held_out": fdd.confidence(x_te),
+            "unconditional": c, "fd_n": fd_n, "fd_digits": fdd.fd_digits(xu[:fd_n]),
+            "fd_floor": fdd.fd_floor(fd_n, repeats=5),
+            "criterion": {"fraction_above_0.8>=0.8": c["fraction_above_0.8"] >= 0.8,
+                          "min_class_share>=0.05": c["min_class_share"] >= 0.05}}
 
 
 # ------------------------------------------------------------------------------ main
@@ -228,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         card["quality"] = quality
         dest = Path(args.install)
         dest.mkdir(parents=True, exist_ok=True)
+        card["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
         shutil.copyfile(weights, dest / f"{name}.pt")
         (dest / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
         print(json.dumps(quality, indent=2), flush=True)

@@ -7,24 +7,33 @@ from pathlib import Path
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
-    p = sub.add_parser("study", help="measured studies: ddpm-vs-ddim (eta x steps on the ring)",
+    p = sub.add_parser("study", help="measured studies: ddpm-vs-ddim (eta x steps on the ring or the digits)",
                        description="ddpm-vs-ddim: sample the 8-Gaussian ring with DDIM eta = 0 ... 1 and DDPM's "
                                    "sigma-hat variance at several step counts, from one keyed start noise, and "
                                    "write the exact NLL, sliced Wasserstein, MMD^2 (with their finite-sample "
                                    "floors), the diversity from one x_T, same-x_T consistency against the "
                                    "largest step count (distance and same-mode share), the round trip through "
                                    "the DDIM latent and the time per sample as markdown. The defaults take about "
-                                   "3 CPU-minutes (docs/ddpm-vs-ddim.md).")
+                                   "3 CPU-minutes (docs/ddpm-vs-ddim.md). --model digits_uncond: the same rows on "
+                                   "the shipped unconditional digits UNet, judged by FD-digits (with its floor "
+                                   "at the sample count), the classifier's confidence and class balance, "
+                                   "about 5 CPU-minutes at the default 128 samples.")
     p.add_argument("study", choices=["ddpm-vs-ddim"], help="the study to run")
-    p.add_argument("--model", choices=["ring8", "exact"], default="ring8",
-                   help="the shipped ring8 network (default) or the mixture's exact eps")
+    p.add_argument("--model", choices=["ring8", "exact", "digits_uncond"], default="ring8",
+                   help="the shipped ring8 network (default), the mixture's exact eps, or the shipped "
+                        "unconditional digits UNet")
     p.add_argument("--steps", default="10,20,50,100,1000",
                    help="comma-separated step counts (default 10,20,50,100,1000)")
     p.add_argument("--etas", default="0,0.2,0.5,1,sigma-hat", help="comma-separated eta values and/or sigma-hat")
-    p.add_argument("--samples", type=int, default=2000, help="samples per cell (default 2000)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per cell (default 2000 on the ring, 128 on the digits; at most 597 there)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--out", default="ddpm_vs_ddim.md", help="markdown file to write (default ddpm_vs_ddim.md)")
     return p
+
+
+DIGITS_SAMPLES = 128
+DIGITS_TITLE = "Shipped digits_uncond network (float32), FD-digits"
 
 
 def _parse(args: argparse.Namespace) -> tuple[list[int], list]:  # type: ignore[type-arg]
@@ -47,8 +56,13 @@ def _parse(args: argparse.Namespace) -> tuple[list[int], list]:  # type: ignore[
         if not 0 <= e <= 1:
             raise ValueError(f"`--etas` entry {v!r}: use numbers in [0, 1] or sigma-hat.")
         etas.append(e)
+    if args.samples is None:
+        args.samples = DIGITS_SAMPLES if args.model == "digits_uncond" else 2000
     if args.samples < 2:
         raise ValueError(f"`--samples` must be at least 2, got {args.samples}.")
+    if args.model == "digits_uncond" and args.samples > 597:
+        raise ValueError(f"`--samples` {args.samples}: at most 597 on the digits (the FD floor is measured on that "
+                         "many held-out real digits); e.g. --samples 128.")
     return steps, etas
 
 
@@ -62,6 +76,17 @@ def run(args: argparse.Namespace) -> int:
 
     steps, etas = _parse(args)
     out = Path(args.out)
+    cmd = (f"flowode study ddpm-vs-ddim --model {args.model} --steps {args.steps} --etas {args.etas} "
+           f"--samples {args.samples} --seed {args.seed}")
+    if args.model == "digits_uncond":
+        from ..bench.study_digits import digits_markdown, digits_study
+
+        dcells, dfl = digits_study(load_pretrained("digits_uncond"), steps=steps, etas=etas, n=args.samples,
+                                   seed=args.seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"Command: `{cmd}`\n\n" + digits_markdown(dcells, dfl, DIGITS_TITLE, args.samples) + "\n")
+        print(f"{len(dcells)} cells ({len(etas)} eta x {len(steps)} step counts, {args.samples} samples each) -> {out}")
+        return 0
     ring = gmm_ring()
     if args.model == "ring8":
         model, dtype, title = load_pretrained("ring8"), torch.float32, "Shipped ring8 network (float32)"
@@ -69,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
         model, dtype = ring.model(DiscreteVPSchedule.linear()), torch.float64
         title = "Exact eps of the ring (DiscreteVPSchedule.linear, float64)"
     cells, fl = ddpm_vs_ddim(model, ring, steps=steps, etas=etas, n=args.samples, seed=args.seed, dtype=dtype)
-    cmd = (f"flowode study ddpm-vs-ddim --model {args.model} --steps {args.steps} --etas {args.etas} "
-           f"--samples {args.samples} --seed {args.seed}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"Command: `{cmd}`\n\n" + markdown(cells, fl, title, args.samples) + "\n")
     print(f"{len(cells)} cells ({len(etas)} eta x {len(steps)} step counts, {args.samples} samples each) -> {out}")

@@ -52,6 +52,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     p.add_argument("--base-channels", type=int, default=32, help="UNet channels at full resolution (digits)")
     p.add_argument("--channel-mults", default="1,2", help="UNet channel multipliers per level (digits)")
     p.add_argument("--res-blocks", type=int, default=1, help="UNet residual blocks per level (digits)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from the weights of a shipped model or card (fine-tuning); a class-conditional "
+                        "digits model may initialise an unconditional one (its null label is folded in)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -127,9 +130,15 @@ def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> t
         label_dropout=args.label_dropout, seed=args.seed, checkpoint_every=args.checkpoint_every,
     )
     net, data, labels, num_classes, desc = build(args)
+    init_from = getattr(args, "init_from", None)
+    if init_from:
+        from ..pretrained import init_from_pretrained
+
+        src = init_from_pretrained(net, init_from)
     result = train(net, data, config, labels=labels, num_classes=num_classes, checkpoint=out / "checkpoint.pt",
                    resume=not args.no_resume, progress=not args.quiet,
-                   data_id=f"{desc['name']}{' (conditional)' if desc.get('conditional') else ''}")
+                   data_id=f"{desc['name']}{' (conditional)' if desc.get('conditional') else ''}"
+                   + (f" from {init_from}" if init_from else ""))
     command = "flowode train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
     card: dict[str, Any] = {
         "name": name,
@@ -147,6 +156,8 @@ def train_named(args: argparse.Namespace, argv: Optional[list[str]] = None) -> t
         },
         "command": command,
     }
+    if init_from:
+        card["training"]["init_from"] = {"model": str(init_from), "its_train_command": src.get("train_command")}
     weights, _ = save_model(out / f"{name}.pt", result.ema, card)
     return result, card, weights
 

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from ..models import EpsilonModel
 
-__all__ = ["list_pretrained", "load_pretrained", "load_card", "save_model", "PRETRAINED_DIR"]
+__all__ = ["list_pretrained", "load_pretrained", "load_card", "save_model", "init_from_pretrained",
+           "PRETRAINED_DIR"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 
@@ -180,3 +181,41 @@ def save_model(path: Union[str, Path], net: nn.Module, card: dict[str, Any]) -> 
     card_path = path.with_suffix(".json")
     card_path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return path, card_path
+
+
+def init_from_pretrained(net: nn.Module, name: Union[str, Path]) -> dict[str, Any]:
+    """Copy the weights of a trained model (shipped name or card path) into ``net``, for fine-tuning.
+
+    ``net`` must have the same layout as that model's network, except that a class-conditional
+    source may initialise an *unconditional* UNet: the conditional UNet adds the "no label"
+    embedding ``label.weight[num_classes]`` to the time embedding ``time.lin2(...)``, so folding it
+    into ``time.lin2.bias`` gives an unconditional network whose output equals the source's
+    unconditional output exactly (to float32 round-off). Returns the source's card.
+    """
+    from ..nets import build_network
+
+    card_path = _card_path(name)
+    card = _read_card(card_path)
+    src = build_network(card["arch"])
+    weights = card_path.with_suffix(".pt")
+    src.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    state = src.state_dict()
+    target = net.state_dict()
+    if "label.weight" in state and "label.weight" not in target:
+        null = state.pop("label.weight")[-1]
+        if "time.lin2.bias" not in state:
+            raise ValueError(f"cannot fold the null label of {str(name)!r} into `net`: no `time.lin2.bias`.")
+        state["time.lin2.bias"] = state["time.lin2.bias"] + null
+    missing = sorted(set(target) - set(state))
+    extra = sorted(set(state) - set(target))
+    shapes = [k for k in set(target) & set(state) if target[k].shape != state[k].shape]
+    if missing or extra or shapes:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in
+                           (("missing", missing), ("unexpected", extra), ("other shape", sorted(shapes))) if keys)
+        raise ValueError(f"`init_from`={str(name)!r} holds another network ({detail}); build `net` with the "
+                         f"architecture of its card ({card['arch']}); CLI: the same --data and network options "
+                         f"as its train_command ({card.get('train_command', 'in its card')}).")
+    with torch.no_grad():
+        for k, v in net.state_dict().items():
+            v.copy_(state[k].to(v.dtype))
+    return card
