@@ -120,14 +120,15 @@ def run_cell(problem: Problem, cell: Cell, refs: ReferenceCache, *, device: Unio
 
     def solve() -> Any:
         # a stochastic solver's draws keyed by (seed, sample index, step): sample i of a cell is the same at any
-        # --samples (its x_T is a prefix of the same generator stream), and the same path at any step count
+        # --samples (its x_T is a keyed draw too, Problem.prior), and the same path at any step count
         return integrate(problem.model, x_T, grid, slv, seed=cell.seed + 1)
 
     sol, seconds, meter = _timed(solve, dev, repeats)
     rec = _record(problem, cell, sol.x, x_T, s0, s1, refs, dev, sw_projections)
     rec.update({
         "spacing": cell.spacing or slv.default_spacing or problem.model.schedule.default_spacing,
-        "nfe": int(sol.nfe), "steps": int(sol.steps), "order": getattr(type(slv), "order", None),
+        "nfe": int(sol.nfe), "steps": int(sol.steps), "order": slv.describe()["order"],
+        "order_claim": slv.describe()["order_claims"],
         "stochastic": bool(slv.stochastic), "adaptive": bool(slv.adaptive), "seconds": seconds, "repeats": repeats,
         "peak_mem_bytes": meter.peak, "mem_method": meter.method, **extra,
     })
