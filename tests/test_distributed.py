@@ -122,7 +122,7 @@ def test_likelihood_two_ranks_bitwise(tmp_path: Path, monkeypatch: pytest.Monkey
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """``flowode likelihood`` under torchrun: blocks of --block samples round-robin over the ranks, each
     block's Hutchinson probes from its own seed; rank 0's merged results equal one process's bitwise.
-    (``flowode study ddpm-vs-ddim`` is not sharded: its single run takes minutes, see docs/scale-out.md.)"""
+    """
     args = ["likelihood", "--samples", "24", "--block", "8", "--solver", "heun", "--steps", "3", "--divergence",
             "hutchinson", "--probes", "2"]
     from flowode.cli import main
@@ -136,4 +136,20 @@ def test_likelihood_two_ranks_bitwise(tmp_path: Path, monkeypatch: pytest.Monkey
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert len(a["bits_per_dim"]) == 24 and a == b
     assert "sum over 3 blocks of --block 8 on 2 ranks" in two.stdout
+    assert not list(tmp_path.glob("*.parts"))
+
+
+def test_study_two_ranks_same_table(tmp_path: Path) -> None:
+    """``flowode study ddpm-vs-ddim`` under torchrun: its rows (one per eta, keyed draws) round-robin
+    over the ranks; rank 0's table equals one process's, the wall-time table aside."""
+    args = ["study", "ddpm-vs-ddim", "--model", "exact", "--steps", "2,4", "--etas", "0,1,sigma-hat",
+            "--samples", "16"]
+    _flowode([*args, "--out", "one.md"], tmp_path)
+    _flowode([*args, "--out", "two.md"], tmp_path, nproc=2)
+
+    def table(name: str) -> str:
+        text = (tmp_path / name).read_text()
+        return text[:text.index("wall time per sample")]
+
+    assert table("one.md") == table("two.md") and "sigma-hat" in table("one.md")
     assert not list(tmp_path.glob("*.parts"))

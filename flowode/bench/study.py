@@ -110,8 +110,8 @@ def _one_start_draws(model: Any, same: Tensor, s: int, name: str, opts: dict[str
 
 def ddpm_vs_ddim(model: Any, dist: Any, *, steps: Sequence[int] = STEPS, etas: Sequence[Union[float, str]] = ETAS,
                  n: int = 2000, seed: int = 0, spacing: str = "trailing", diversity_starts: int = 8,
-                 diversity_draws: int = 32, round_trip_samples: int = 500,
-                 dtype: torch.dtype = torch.float64) -> tuple[list[StudyCell], dict[str, tuple[float, float]]]:
+                 diversity_draws: int = 32, round_trip_samples: int = 500, dtype: torch.dtype = torch.float64,
+                 with_floors: bool = True) -> tuple[list[StudyCell], dict[str, tuple[float, float]]]:
     """The cells of the table and the metrics' floors (two exact samples of size ``n``).
 
     ``model``: an :class:`~flowode.EpsilonModel` whose data law is ``dist`` (a
@@ -119,7 +119,11 @@ def ddpm_vs_ddim(model: Any, dist: Any, *, steps: Sequence[int] = STEPS, etas: S
     ``log_prob``). Diversity: the per-coordinate standard deviation over ``diversity_draws`` samples
     from each of ``diversity_starts`` fixed ``x_T``, averaged. Consistency: against the row's samples
     at ``max(steps)`` from the same ``x_T`` and seed (0 and 1 in that column by construction). Round
-    trip: on the first ``round_trip_samples`` exact data samples (the module docstring)."""
+    trip: on the first ``round_trip_samples`` exact data samples (the module docstring).
+
+    Every row uses the same keyed draws whatever the other rows are, so a run row by row (``etas``
+    of one entry, ``with_floors=False``; ``etas=()`` for the floors alone) gives the same cells: that
+    is how ``flowode study`` shards the rows over torchrun ranks."""
     k = diversity_starts
     x_T, ref, x0, h, same = _setup(model, dist, n, seed, dtype, k, diversity_draws, round_trip_samples)
     cells = []
@@ -137,7 +141,7 @@ def ddpm_vs_ddim(model: Any, dist: Any, *, steps: Sequence[int] = STEPS, etas: S
                                    consistency=mean_distance(x, runs[s_ref][0]),
                                    same_mode=float((component(x, dist) == mode_ref).double().mean()),
                                    round_trip=round_trip(model, x0, s, eta, spacing=spacing, seed=seed + 3)))
-    return cells, floors(dist, n, repeats=5, seed=seed + 20_000, bandwidth=h)
+    return cells, floors(dist, n, repeats=5, seed=seed + 20_000, bandwidth=h) if with_floors else {}
 
 
 @dataclass

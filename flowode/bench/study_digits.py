@@ -53,11 +53,14 @@ class DigitsCell:
 
 def digits_study(model: Any, *, steps: Sequence[int] = STEPS, etas: Sequence[Union[float, str]] = ETAS,
                  n: int = 200, seed: int = 0, spacing: str = "trailing", starts: int = 4, draws: int = 8,
-                 round_trip_samples: int = 16) -> tuple[list[DigitsCell], dict[str, tuple[float, float]]]:
+                 round_trip_samples: int = 16,
+                 with_floors: bool = True) -> tuple[list[DigitsCell], dict[str, tuple[float, float]]]:
     """The cells of the digits table and the FD floors at ``n`` (:func:`~flowode.bench.fd_digits.fd_floor`).
 
     ``model``: an unconditional :class:`~flowode.EpsilonModel` of ``(1, 8, 8)`` digits in ``[-1, 1]``
-    (e.g. ``load_pretrained("digits_uncond")``). ``n <= 597`` (the floor uses real held-out digits)."""
+    (e.g. ``load_pretrained("digits_uncond")``). ``n <= 597`` (the floor uses real held-out digits).
+    Rows are independent (keyed draws): a run row by row with ``with_floors=False`` gives the same
+    cells, which is how ``flowode study`` shards them over torchrun ranks."""
     if not 2 <= n <= 597:
         raise ValueError(f"`n`={n} must be in 2..597: the FD floor is measured on that many held-out real digits.")
     shape = (1, 8, 8)
@@ -86,7 +89,7 @@ def digits_study(model: Any, *, steps: Sequence[int] = STEPS, etas: Sequence[Uni
             cells.append(DigitsCell(eta, s, fd_digits(x), float((p.max(1).values > 0.8).double().mean()),
                                     float(share.min()), float(d.std(1).mean()), mean_distance(x, ref),
                                     float((p.argmax(1) == cls_ref).double().mean()), mean_distance(back, x0), dt))
-    return cells, fd_floor(n, repeats=5, seed=seed + 20_000)
+    return cells, fd_floor(n, repeats=5, seed=seed + 20_000) if with_floors else {}
 
 
 METRICS: tuple[tuple[str, str, str], ...] = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Callable
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -17,7 +18,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
                                    "3 CPU-minutes (docs/ddpm-vs-ddim.md). --model digits_uncond: the same rows on "
                                    "the shipped unconditional digits UNet, judged by FD-digits (with its floor "
                                    "at the sample count), the classifier's confidence and class balance, "
-                                   "about 5 CPU-minutes at the default 128 samples.")
+                                   "about 5 CPU-minutes at the default 128 samples. Under torchrun the rows "
+                                   "(one per eta) go round-robin over the ranks (docs/scale-out.md).")
     p.add_argument("study", choices=["ddpm-vs-ddim"], help="the study to run")
     p.add_argument("--model", choices=["ring8", "exact", "digits_uncond"], default="ring8",
                    help="the shipped ring8 network (default), the mixture's exact eps, or the shipped "
@@ -66,11 +68,46 @@ def _parse(args: argparse.Namespace) -> tuple[list[int], list]:  # type: ignore[
     return steps, etas
 
 
+def _sharded(study: Callable[..., Any], cell: type, etas: list, config: dict, out: Path) -> Any:  # type: ignore[type-arg]
+    """The study's rows (one per eta) round-robin over the torchrun ranks; each rank writes its rows as
+    a part (``cell`` records) under ``OUT.parts/<fingerprint of the settings>/`` (a rerun reuses finished rows), one
+    barrier, then rank 0 computes the floors and returns every row in order (``None`` on the other
+    ranks). Rows use keyed draws, so the cells equal a one-process run's (the time per sample aside)."""
+    import dataclasses
+    import shutil
+
+    from .. import distributed
+
+    with distributed.session("cpu") as dist:
+        if dist.world == 1:
+            return study(etas=etas)
+        parts = Path(f"{out}.parts") / distributed.fingerprint(config)
+        for i, eta in distributed.mine(etas, dist):
+            path = parts / f"row-{i:03d}.pt"
+            if distributed.load_part(path) is None:
+                cells = study(etas=[eta], with_floors=False)[0]
+                distributed.save_atomic([dataclasses.asdict(c) for c in cells], path)
+        dist.barrier()  # the only collective: every row is on disk
+        if not dist.main:
+            return None
+        cells, fl = study(etas=[])  # the floors alone
+        for i in range(len(etas)):
+            rows = distributed.load_part(parts / f"row-{i:03d}.pt")
+            if rows is None:
+                raise RuntimeError(f"row {i} (eta {etas[i]}) is missing from {parts}; rerun the same command "
+                                   "to resume.")
+            cells += [cell(**r) for r in rows]
+        shutil.rmtree(parts.parent, ignore_errors=True)
+        return cells, fl
+
+
 def run(args: argparse.Namespace) -> int:
+    import functools
+
     import torch
 
     from ..analytic import gmm_ring
-    from ..bench.study import ddpm_vs_ddim, markdown
+    from ..bench.study import StudyCell, ddpm_vs_ddim, markdown
     from ..pretrained import load_pretrained
     from ..schedules import DiscreteVPSchedule
 
@@ -78,11 +115,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     cmd = (f"flowode study ddpm-vs-ddim --model {args.model} --steps {args.steps} --etas {args.etas} "
            f"--samples {args.samples} --seed {args.seed}")
+    config = {"model": args.model, "steps": steps, "etas": etas, "samples": args.samples, "seed": args.seed}
     if args.model == "digits_uncond":
-        from ..bench.study_digits import digits_markdown, digits_study
+        from ..bench.study_digits import DigitsCell, digits_markdown, digits_study
 
-        dcells, dfl = digits_study(load_pretrained("digits_uncond"), steps=steps, etas=etas, n=args.samples,
-                                   seed=args.seed)
+        res = _sharded(functools.partial(digits_study, load_pretrained("digits_uncond"), steps=steps,
+                                         n=args.samples, seed=args.seed), DigitsCell, etas, config, out)
+        if res is None:
+            return 0
+        dcells, dfl = res
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(f"Command: `{cmd}`\n\n" + digits_markdown(dcells, dfl, DIGITS_TITLE, args.samples) + "\n")
         print(f"{len(dcells)} cells ({len(etas)} eta x {len(steps)} step counts, {args.samples} samples each) -> {out}")
@@ -93,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         model, dtype = ring.model(DiscreteVPSchedule.linear()), torch.float64
         title = "Exact eps of the ring (DiscreteVPSchedule.linear, float64)"
-    cells, fl = ddpm_vs_ddim(model, ring, steps=steps, etas=etas, n=args.samples, seed=args.seed, dtype=dtype)
+    res = _sharded(functools.partial(ddpm_vs_ddim, model, ring, steps=steps, n=args.samples, seed=args.seed,
+                                     dtype=dtype), StudyCell, etas, config, out)
+    if res is None:
+        return 0
+    cells, fl = res
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"Command: `{cmd}`\n\n" + markdown(cells, fl, title, args.samples) + "\n")
     print(f"{len(cells)} cells ({len(etas)} eta x {len(steps)} step counts, {args.samples} samples each) -> {out}")
