@@ -273,6 +273,7 @@ def count_evaluations(stepper: Stepper, grid: list[float], schedule: Optional[Sc
     sched = schedule if schedule is not None else _covering_schedule(grid)
     model = EpsilonModel(lambda x, t: torch.zeros_like(x), sched, prediction="x0", check_finite=False)
     run = Run(model, grid, generator=torch.Generator().manual_seed(0))
+    run.dry_run = True
     stepper.check(run)
     with torch.no_grad():
         fixed_loop(run, stepper, torch.zeros(1, 1, dtype=torch.float64), check_interval=0)
