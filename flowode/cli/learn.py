@@ -32,7 +32,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
                                                                       "must differ from the calibration seed)")
     p.add_argument("--iters", type=int, default=150, help="Adam iterations at most (default 150)")
     p.add_argument("--lr", type=float, default=0.05, help="Adam step size (default 0.05)")
-    p.add_argument("--objective", default="log", help="log (mean per-sample log-error, default) or mse")
+    p.add_argument("--objective", default="log",
+                   help="log (mean per-sample log-error, default), mse, or log+rmse (their sum in log form)")
     p.add_argument("--reference-rtol", type=float, default=None,
                    help="rtol = atol of the teacher (scipy DOP853; default the problem's reference tolerance)")
     p.add_argument("--teacher-steps", type=int, default=None,
