@@ -417,13 +417,16 @@ register_artefact(LearnedSolver)
 
 
 def model_fingerprint_of(model: "EpsilonModel", shape: Optional[Sequence[int]], dtype: Optional[str]) -> str:
-    """:func:`~flowode.bench.problems.model_fingerprint` of ``model`` for samples of ``shape`` / ``dtype``."""
+    """:func:`~flowode.bench.problems.model_fingerprint` of ``model`` for samples of ``shape`` / ``dtype``;
+    for a network its weights, schedule and parameterisation only (``probe_networks=False``: its float32
+    output differs in the last digits between thread counts and machines)."""
     from .bench.problems import Problem, model_fingerprint
 
     if shape is None:
         raise SolverError("the learned solver has a fingerprint but no sample shape; it cannot check the model.")
     dt = getattr(torch, str(dtype or "float64").replace("torch.", ""))
-    return model_fingerprint(Problem(name="learned", model=model, shape=tuple(int(v) for v in shape), dtype=dt))
+    prob = Problem(name="learned", model=model, shape=tuple(int(v) for v in shape), dtype=dt)
+    return model_fingerprint(prob, probe_networks=False)
 
 
 def teacher_solve(model: "EpsilonModel", x: Tensor, *, steps: Optional[int] = None, rtol: float = 1e-10) -> Tensor:

@@ -22,6 +22,7 @@ from flowode.learned import (
     _Params,
     learn_solver,
     load_learned,
+    model_fingerprint_of,
     per_sample_errors,
 )
 from flowode.solvers import SolverError, available, get_class, make
@@ -254,6 +255,16 @@ def test_digits_artefacts_load_and_match_the_shipped_model():
     if not files:
         pytest.skip("no digits artefacts in benchmarks/learned/")
     prob = get_problem("digits")
+    # the network's fingerprint is its weights, not its float32 output (which changes with the thread count)
+    threads = torch.get_num_threads()
+    try:
+        fps = set()
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            fps.add(model_fingerprint_of(prob.model, [1, 8, 8], "float32"))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(fps) == 1
     x = prob.prior(2, prob.model.schedule.sigma_max, 0)
     for f in files:
         slv = load_learned(f)
