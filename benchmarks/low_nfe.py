@@ -173,11 +173,11 @@ def peer_rows(prob: Problem, x: torch.Tensor, ref: torch.Tensor) -> list[dict[st
 
 
 def learned_rows(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 refit: bool) -> list[dict[str, Any]]:
+                 refit: bool, objectives: tuple[str, ...] = OBJECTIVES) -> list[dict[str, Any]]:
     rows = []
     x_t, ref_t = data["test"]
     for nfe in NFES:
-        for objective in OBJECTIVES:
+        for objective in objectives:
             path = os.path.join(LEARNED if prob.name == "digits" else OUT, f"{prob.name}_nfe{nfe}_{objective}.json")
             if refit or not os.path.exists(path):
                 t0 = time.time()
@@ -257,7 +257,9 @@ def table(prob: str, rows: list[dict[str, Any]]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--learn", action="store_true", help="refit the digits artefacts in benchmarks/learned/")
+    ap.add_argument("--learn", action="store_true", help="refit the learned solvers (digits: benchmarks/learned/)")
+    ap.add_argument("--objectives", default=",".join(OBJECTIVES),
+                    help="learned-solver objectives (development runs may add log+rmse)")
     ap.add_argument("--problems", default="aniso32,digits", help="problems (others than the two: development runs, "
                                                                    "no section written)")
     args = ap.parse_args()
@@ -273,7 +275,8 @@ def main() -> None:
         data = {k: batch(prob, k) for k in ("calibration", "validation", "test")}
         x_t, ref_t = data["test"]
         rows = builtin_rows(prob, x_t, ref_t) + peer_rows(prob, x_t, ref_t)
-        rows += learned_rows(prob, data, refit=args.learn)
+        objectives = tuple(args.objectives.split(","))
+        rows += learned_rows(prob, data, refit=args.learn, objectives=objectives)
         with open(os.path.join(OUT, f"{name}_rows.json"), "w") as f:
             json.dump(rows, f, indent=1)
         parts += table(name, rows) + [""]
@@ -290,7 +293,7 @@ def main() -> None:
                          f"`{r['path']}` {r['val_rmse']:.2e} / {r['val_median']:.2e} ({r['base_val_rmse']:.2e} / "
                          f"{r['base_val_median']:.2e})" for r in lr) + f"; {time.time() - t0:.0f} s for this problem.")
     print("\n".join(parts + notes))
-    if args.problems != "aniso32,digits":
+    if args.problems != "aniso32,digits" or objectives != OBJECTIVES:
         return
     cmd = "python benchmarks/low_nfe.py" + (" --learn" if args.learn else "")
     text = ["# Low-NFE headline: flowode's best and learned solvers vs diffusers and k-diffusion (issue 15)", "",
