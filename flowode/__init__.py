@@ -12,6 +12,7 @@ from .diffusers_plan import DiffusersPlan, UnsupportedScheduler, from_diffusers_
 from .field import ProbabilityFlow
 from .grids import GridError, check_grid, resolve_grid, sigma_grid, sigmas_from_timesteps
 from .integrate import PriorScaleWarning, Solution, decode, encode, integrate, sample
+from .learned import LearnedSolver, learn_solver, load_learned
 from .models import EpsilonModel, NetworkOutputError
 from .optimize import load_grid, optimize_grid, save_grid
 from .orders import fit_order
@@ -51,6 +52,8 @@ __all__ = [
     # ground truth, inversion, grids fitted to a solver
     "Gaussian", "GaussianMixture", "reference_solve", "roundtrip", "RoundTrip", "latent_stats",
     "invertibility_report", "fit_order", "optimize_grid", "save_grid", "load_grid",
+    # solvers fitted to a model and a budget
+    "learn_solver", "load_learned", "LearnedSolver",
     # likelihood through the flow
     "likelihood", "LikelihoodResult",
     "list_pretrained", "load_pretrained",

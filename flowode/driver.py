@@ -322,6 +322,7 @@ def count_evaluations(stepper: Stepper, grid: list[float], schedule: Optional[Sc
     model = EpsilonModel(lambda x, t: torch.zeros_like(x), sched, prediction="x0", check_finite=False)
     model.defined_at_zero = True  # so last_step="trapezoid" (an evaluation at sigma = 0) is counted, not refused
     run = Run(model, grid, generator=torch.Generator().manual_seed(0))
+    run.dry_run = True
     stepper.check(run)
     with torch.no_grad():
         fixed_loop(run, stepper, torch.zeros(1, 1, dtype=torch.float64), check_interval=0, dry=True)

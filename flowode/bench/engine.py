@@ -22,7 +22,7 @@ from torch import Tensor
 from ..grids import resolve_grid
 from ..integrate import integrate
 from ..optimize import optimize_grid
-from ..solvers import SOLVERS, Stepper, make
+from ..solvers import Stepper, get_class, make
 from .memory import MemoryMeter
 from .metrics import ReferenceCache, max_err, rmse, sliced_wasserstein
 from .peers import EpsCounter, get_peer, is_peer
@@ -262,7 +262,7 @@ def run_bench(spec: BenchSpec, results: Union[str, Path], *, progress: bool = Tr
         log(f"flowode bench: skipped: {msg}")
     if not solvers:
         raise ValueError("none of the requested `solvers` is registered: " + " ".join(missing))
-    if not spec.nfe and any(not is_peer(n) and not SOLVERS[n].adaptive for n, _ in solvers):
+    if not spec.nfe and any(not is_peer(n) and not get_class(n).adaptive for n, _ in solvers):
         raise ValueError("no `nfe` budgets given; every solver that is not adaptive needs one (e.g. --nfe 5,10,20).")
     problems = {p: get_problem(p) for p in spec.problems}
     fingerprints = {p: model_fingerprint(prob, spec.device) for p, prob in problems.items()}

@@ -330,8 +330,15 @@ class KDiffusionPeer(Peer):
             sig = resolve_grid(schedule, None, steps=steps, spacing=spacing)
             used = spacing
 
+        lo, hi = float(schedule.sigma_min), float(schedule.sigma_max)
+
         def denoiser(xbar: Tensor, sigma: Tensor, **_: Any) -> Tensor:
             s = float(sigma.flatten()[0])
+            # a float32 state rounds sigma_max / sigma_min just outside the trained range: snap them back
+            if hi < s <= hi * (1 + 1e-6):
+                s = hi
+            elif lo * (1 - 1e-6) <= s < lo:
+                s = lo
             return xbar - s * eps(xbar * _alpha(schedule, s), s)
 
         s_start, s_end = float(sig[0]), float(sig[-1])

@@ -267,14 +267,19 @@ def get_problem(spec: str) -> Problem:
 
 
 
-def model_fingerprint(problem: Problem, device: Union[str, torch.device] = "cpu") -> str:
+def model_fingerprint(problem: Problem, device: Union[str, torch.device] = "cpu", *,
+                      probe_networks: bool = True) -> str:
     """A short hash of what a cell's numbers depend on in ``problem``'s model, so that a changed
     model never reuses old benchmark cells: the sample shape and dtype, the parameterisation, the
     schedule (``sigma`` at 17 native times), every parameter and buffer of the network when it is a
     ``torch.nn.Module`` (bit-exact), and the model's ``eps`` on a fixed probe (2 prior draws at
     ``sigma_max``, their geometric mean with ``sigma_min``, and ``sigma_min``; printed to 7
     significant digits), which catches a changed function that has no parameters. Costs 3 model
-    evaluations of 2 samples; the model's NFE counters are restored."""
+    evaluations of 2 samples; the model's NFE counters are restored.
+
+    ``probe_networks=False`` skips the probe when a network's parameters were hashed: a float32
+    network's output changes in its last digits with the thread count and the hardware, so an
+    identity that must hold across machines (a learned solver's artefact) hashes the weights only."""
     import hashlib
 
     import numpy as np
@@ -286,12 +291,16 @@ def model_fingerprint(problem: Problem, device: Union[str, torch.device] = "cpu"
                    type(sched).__name__)).encode())
     t = torch.linspace(float(sched.t_min), float(sched.t_max), 17, dtype=torch.float64)
     h.update(np.ascontiguousarray(torch.as_tensor(sched.sigma(t)).double().cpu().numpy()).tobytes())
+    hashed = False
     for fn in (getattr(model, "fn", None), getattr(model, "uncond_fn", None), getattr(model, "net", None)):
         if isinstance(fn, torch.nn.Module):
+            hashed = True
             for name, v in fn.state_dict().items():
                 if isinstance(v, Tensor):
                     h.update(f"{name}{tuple(v.shape)}{v.dtype}".encode())
                     h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    if hashed and not probe_networks:
+        return h.hexdigest()[:16]
     nfe, passes = getattr(model, "nfe", 0), getattr(model, "network_passes", 0)
     try:
         lo, hi = float(sched.sigma_min), float(sched.sigma_max)

@@ -288,7 +288,7 @@ class BenchSpec:
                 ident = {"model": fingerprints[pname], "device": check_device(self.device),
                          "repeats": self.repeats}
             for sname, opts in solvers:
-                cls = None if is_peer(sname) else SOLVERS[sname]
+                cls = None if is_peer(sname) else get_class(sname)
                 for spacing in self.spacings:
                     grid = {"calibration": self.calibration, "max_evals": self.optimize_evals} \
                         if spacing == OPTIMIZED else {}

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: subcommand modules, in the order ``flowode --help`` lists them
-COMMANDS = ["demo", "bench", "plot", "trajectories", "sample", "invert", "likelihood", "train", "solvers",
+COMMANDS = ["demo", "bench", "plot", "trajectories", "sample", "invert", "likelihood", "train", "learn", "solvers",
             "study"]
 
 

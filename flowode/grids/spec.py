@@ -163,6 +163,13 @@ def resolve_grid(
     unknown = [k for k in grid_kwargs if k not in GRID_KEYWORDS]
     if unknown:
         raise TypeError(f"unknown grid keyword(s) {unknown}; the grid takes {', '.join(GRID_KEYWORDS)}.")
+    own = getattr(solver, "own_grid", None)
+    if own is not None and sigmas is None:  # a solver fitted to its own grid (flowode.learned)
+        if grid_kwargs or spacing is not None:
+            raise ValueError(f"solver {solver.name!r} runs on its own grid; it takes no `spacing` or grid keywords "
+                             f"(got {sorted(grid_kwargs) + (['spacing'] if spacing else [])}).")
+        g = check_grid(own(steps=steps, nfe=nfe), schedule)
+        return torch.flip(g, [0]) if direction == "encode" else g
     if sigmas is not None:
         if grid_kwargs or spacing is not None:
             raise ValueError("an explicit `sigmas` grid takes no `spacing` or grid keywords "

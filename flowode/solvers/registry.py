@@ -15,10 +15,16 @@ from typing import Any, Union
 from .base import Stepper
 from .options import coerce_options
 
-__all__ = ["SOLVERS", "register", "available", "make", "get_class", "UnknownSolverError"]
+__all__ = ["SOLVERS", "ARTEFACT_SOLVERS", "register", "register_artefact", "available", "make", "get_class",
+           "UnknownSolverError"]
 
 #: registry name -> stepper class
 SOLVERS: dict[str, type[Stepper]] = {}
+
+#: name -> stepper class of solvers built from an artefact file (``learned[path=file.json]``): found by
+#: :func:`get_class` / :func:`make` like any solver, but not in :data:`SOLVERS`, whose every entry runs
+#: on any grid (the registry-wide tests and ``flowode solvers`` iterate it)
+ARTEFACT_SOLVERS: dict[str, type[Stepper]] = {}
 
 
 class UnknownSolverError(ValueError):
@@ -53,6 +59,15 @@ def _check_options_on_init(cls: type[Stepper]) -> None:
     cls.__init__ = checked  # type: ignore[method-assign]
 
 
+def register_artefact(cls: type[Stepper]) -> type[Stepper]:
+    """Add ``cls`` under ``cls.name`` to :data:`ARTEFACT_SOLVERS` (a solver that needs its artefact)."""
+    if not cls.name or cls.name in SOLVERS:
+        raise ValueError(f"artefact solver {cls.name!r} has no name or clashes with a registered solver.")
+    ARTEFACT_SOLVERS[cls.name] = cls
+    _check_options_on_init(cls)
+    return cls
+
+
 def available() -> list[str]:
     """Names of every registered solver, sorted."""
     return sorted(SOLVERS)
@@ -62,6 +77,8 @@ def get_class(name: str) -> type[Stepper]:
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     if key in SOLVERS:
         return SOLVERS[key]
+    if key in ARTEFACT_SOLVERS:
+        return ARTEFACT_SOLVERS[key]
     close = difflib.get_close_matches(key, SOLVERS, n=4, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownSolverError(

@@ -53,6 +53,9 @@ class Run:
         check_calls: test every network output for NaN / Inf (else the driver checks the state).
         adjoint_params: ``integrate(grad="adjoint")``: the tensors besides the state that the
             adjoint solve differentiates (``None``: plain autograd).
+        dry_run: the cost count's stand-in run (:func:`~flowode.driver.count_evaluations`): the model
+            is a free stand-in, so checks that depend on the real model (a learned solver's model
+            fingerprint) are skipped.
     """
 
     def __init__(self, model: EpsilonModel, grid: list[float], *, generator: Optional[torch.Generator] = None,
@@ -68,6 +71,7 @@ class Run:
         self.max_nfe = max_nfe
         self.check_calls = check_calls
         self.adjoint_params: Optional[tuple[Tensor, ...]] = None
+        self.dry_run = False
         self._fields: dict[str, ProbabilityFlow] = {}
         self._alphas: dict[float, float] = {}
         self._keywords = _takes_driver_keywords(type(model))

@@ -1,0 +1,309 @@
+"""The low-NFE headline: flowode (best built-in and learned solvers) against diffusers and k-diffusion.
+
+Full-range runs from ``sigma_max`` (t = 999 of the DDPM linear schedule) to ``sigma = 0`` at NFE 5, 10
+and 20, every method from the same held-out test noise on the same model, in one process. Error:
+per-sample RMSE against a teacher from the same noise; the table gives the batch RMSE and the
+median per-sample error.
+
+Problems:
+
+* ``aniso32``: a held-out Gaussian mixture defined only here (not in ``flowode.bench``, not used in
+  any development tuning): 32-D, 10 components, means ``diag(3 * 0.8^d) @ N(0, I)`` (an anisotropic
+  cloud: the scale falls from 3 to 0.003 over the dimensions), per-component stds from 0.05 to 0.5,
+  random weights (seed 2026). Teacher: the exact flow (scipy DOP853, rtol = atol = 1e-10).
+* ``digits``: the shipped digits UNet (float32). Teacher: ``dpm_solver++_3m`` on 500 ``logsnr``
+  steps (an adaptive solve at rtol 1e-6 costs ~3000 evaluations on this network); its own error,
+  measured against 1000 steps on 32 samples, is printed under the table.
+
+Noise: calibration seed 1001, validation seed 2002, test seed 0 (each a separate batch; every method
+in the table runs on the test batch). Learned solvers (``flowode.learn_solver``, base
+``dpm_solver++_2m``, history 2, model selection on the validation batch) with each objective:
+``log`` (mean per-sample log-error: the typical sample) and ``mse`` (the tail of mode-switching
+samples); fitted by ``--learn`` (150 Adam iterations at most for ``aniso32``, cached in
+``benchmarks/out/low_nfe/``; 40 for ``digits``, shipped as ``benchmarks/learned/digits_nfe*_*.json``)
+and read from those files otherwise.
+
+Methods (the best of each library by the metric of the column, picked on the test batch itself --
+which favours the built-in and peer rows; the learned rows were selected on the validation batch;
+full-range runs only):
+
+* flowode built-in: ipndm, dpm_solver++_2m, dpm_solver++_3m, unipc, deis x {logsnr, karras,
+  uniform_t, trailing};
+* diffusers: DPMSolverMultistep 2M and 3M, UniPC, DEIS, Euler, Heun x {own default config,
+  ``timestep_spacing="trailing"``, ``use_karras_sigmas=True``};
+* k-diffusion: dpmpp_2m, heun, lms, euler, dpm_2 x {Karras sigmas, flowode's logsnr and trailing grids}.
+
+Usage::
+
+    python benchmarks/low_nfe.py --learn    # fit every learned solver (~30 minutes on 2 loaded cores)
+    python benchmarks/low_nfe.py            # -> benchmarks/sections/low_nfe.md from the fitted artefacts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Optional
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import flowode  # noqa: E402
+from flowode.analytic import GaussianMixture  # noqa: E402
+from flowode.bench import PEERS, get_problem  # noqa: E402
+from flowode.bench.peers import EpsCounter  # noqa: E402
+from flowode.bench.problems import Problem  # noqa: E402
+from flowode.learned import learn_solver, load_learned, per_sample_errors, teacher_solve  # noqa: E402
+
+OUT = os.path.join(HERE, "out", "low_nfe")
+LEARNED = os.path.join(HERE, "learned")
+NFES = (5, 10, 20)
+SEEDS = {"calibration": 1001, "validation": 2002, "test": 0}
+SIZES = {"aniso32": {"calibration": 256, "validation": 256, "test": 512},
+         "digits": {"calibration": 96, "validation": 96, "test": 192}}
+LEARN = {"aniso32": {"iters": 150}, "digits": {"iters": 40}}
+TEACHER_STEPS = {"aniso32": None, "digits": 500}
+OBJECTIVES = ("log", "mse")
+FLOWODE = ("ipndm", "dpm_solver++_2m", "dpm_solver++_3m", "unipc", "deis")
+SPACINGS = ("logsnr", "karras", "uniform_t", "trailing")
+DIFFUSERS = [("diffusers:dpmsolver++_2m", {}), ("diffusers:dpmsolver++_2m", {"solver_order": 3}),
+             ("diffusers:unipc", {}), ("diffusers:deis", {}), ("diffusers:euler", {}), ("diffusers:heun", {})]
+KDIFF = ["k-diffusion:dpmpp_2m", "k-diffusion:heun", "k-diffusion:lms", "k-diffusion:euler", "k-diffusion:dpm_2"]
+
+
+def aniso32() -> Problem:
+    """The held-out anisotropic mixture (module docstring)."""
+    g = torch.Generator().manual_seed(2026)
+    dim, k = 32, 10
+    scale = 3.0 * 0.8 ** torch.arange(dim, dtype=torch.float64)
+    means = torch.randn(k, dim, generator=g, dtype=torch.float64) * scale
+    stds = 0.05 + 0.45 * torch.rand(k, generator=g, dtype=torch.float64)
+    weights = 0.3 + torch.rand(k, generator=g, dtype=torch.float64)
+    mix = GaussianMixture(means, stds, weights)
+    sched = flowode.DiscreteVPSchedule.linear()
+    return Problem(name="aniso32", model=mix.model(sched), shape=(dim,), dtype=torch.float64,
+                   data=lambda n, gen: mix.sample(n, generator=gen), mixture=mix)
+
+
+def problem(name: str) -> Problem:
+    return aniso32() if name == "aniso32" else get_problem(name)
+
+
+def batch(prob: Problem, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A noise batch and its teacher endpoints (cached in benchmarks/out/low_nfe/)."""
+    n, seed = SIZES.get(prob.name, SIZES["aniso32"])[key], SEEDS[key]
+    x = prob.prior(n, float(prob.model.schedule.sigma_max), seed)
+    path = os.path.join(OUT, f"teacher_{prob.name}_{key}_{seed}_{n}.pt")
+    if os.path.exists(path):
+        ref = torch.load(path)
+    else:
+        t0 = time.time()
+        ref = teacher_solve(prob.model, x, steps=TEACHER_STEPS.get(prob.name))
+        torch.save(ref, path)
+        print(f"  teacher {prob.name} {key}: {time.time() - t0:.0f} s")
+    return x, ref
+
+
+def summary(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    e = per_sample_errors(x, ref)
+    return {"rmse": float(torch.sqrt(torch.mean(e * e))), "median": float(torch.median(e))}
+
+
+def full_range(prob: Problem, s0: float, s1: float) -> bool:
+    smax = float(prob.model.schedule.sigma_max)
+    return abs(s0 - smax) <= 1e-6 * smax and s1 == 0.0
+
+
+def builtin_rows(prob: Problem, x: torch.Tensor, ref: torch.Tensor) -> list[dict[str, Any]]:
+    rows = []
+    sched = prob.model.schedule
+    for nfe in NFES:
+        for slv in FLOWODE:
+            for sp in SPACINGS:
+                try:
+                    grid = flowode.resolve_grid(sched, flowode.solvers.make(slv), nfe=nfe, spacing=sp)
+                    if not full_range(prob, float(grid[0]), float(grid[-1])):
+                        continue
+                    sol = flowode.integrate(prob.model, x, grid, slv)
+                except (ValueError, RuntimeError) as exc:
+                    print(f"  skip {slv} {sp} NFE {nfe}: {exc}")
+                    continue
+                rows.append({"lib": "flowode", "method": f"{slv} ({sp})", "nfe": nfe, "nfe_used": sol.nfe,
+                             **summary(sol.x, ref)})
+    return rows
+
+
+def peer_rows(prob: Problem, x: torch.Tensor, ref: torch.Tensor) -> list[dict[str, Any]]:
+    rows = []
+    sched = prob.model.schedule
+    runs: list[tuple[str, dict[str, Any], Optional[str], str]] = []
+    for name, opts in DIFFUSERS:
+        label = name.split(":")[1] + ("_3m" if opts.get("solver_order") == 3 else "")
+        runs += [(name, opts, None, f"{label} (default)"), (name, opts, "trailing", f"{label} (trailing)"),
+                 (name, {**opts, "use_karras_sigmas": True}, None, f"{label} (karras)")]
+    for name in KDIFF:
+        label = name.split(":")[1]
+        runs += [(name, {}, None, f"{label} (karras)"), (name, {}, "logsnr", f"{label} (logsnr)"),
+                 (name, {}, "trailing", f"{label} (trailing)")]
+    for name, opts, spacing, label in runs:
+        peer = PEERS[name]
+        why = peer.unavailable()
+        if why is not None:
+            print(f"  skip {name}: {why}")
+            continue
+        for nfe in NFES:
+            try:
+                steps, dry = peer.steps_for_nfe(prob.model, prob.dtype, prob.shape, nfe, spacing, opts)
+                if not full_range(prob, dry.sigma_from, dry.sigma_to):
+                    continue
+                counter = EpsCounter(prob.model, prob.dtype)
+                out = peer.run(counter, x, sched, steps, spacing, opts)
+            except Exception as exc:  # noqa: BLE001 - a peer that cannot run a budget is skipped and listed
+                print(f"  skip {label} NFE {nfe}: {type(exc).__name__}: {exc}")
+                continue
+            rows.append({"lib": peer.library, "method": label, "nfe": nfe, "nfe_used": counter.calls,
+                         **summary(out.x, ref)})
+    return rows
+
+
+def learned_rows(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 refit: bool, objectives: tuple[str, ...] = OBJECTIVES) -> list[dict[str, Any]]:
+    rows = []
+    x_t, ref_t = data["test"]
+    for nfe in NFES:
+        for objective in objectives:
+            path = os.path.join(LEARNED if prob.name == "digits" else OUT, f"{prob.name}_nfe{nfe}_{objective}.json")
+            if refit or not os.path.exists(path):
+                t0 = time.time()
+                (xc, rc), (xv, rv) = data["calibration"], data["validation"]
+                slv = learn_solver(prob.model, xc, xv, nfe, reference_calibration=rc, reference_validation=rv,
+                                   shape=prob.shape, objective=objective, **LEARN.get(prob.name, LEARN["aniso32"]),
+                                   meta={"problem": prob.name, "calibration_seed": SEEDS["calibration"],
+                                         "validation_seed": SEEDS["validation"],
+                                         "teacher": "exact flow (scipy DOP853, rtol 1e-10)"
+                                         if TEACHER_STEPS.get(prob.name) is None
+                                         else f"dpm_solver++_3m, {TEACHER_STEPS[prob.name]} logsnr steps"})
+                slv.save(path)
+                print(f"  learned {prob.name} NFE {nfe} ({objective}): {time.time() - t0:.0f} s -> "
+                      f"{os.path.relpath(path, HERE)}")
+            slv = load_learned(path)
+            sol = flowode.sample(prob.model, x_t, nfe=nfe, solver=slv)
+            e = slv.spec.errors
+            rows.append({"lib": "flowode", "method": f"learned ({objective})", "learned": objective, "nfe": nfe,
+                         "nfe_used": sol.nfe, **summary(sol.x, ref_t),
+                         "cal_rmse": e["calibration"]["rmse"], "val_rmse": e["validation"]["rmse"],
+                         "cal_median": e["calibration"]["median"], "val_median": e["validation"]["median"],
+                         "base_val_rmse": e["base_validation"]["rmse"],
+                         "base_val_median": e["base_validation"]["median"],
+                         "path": os.path.relpath(path, HERE)})
+    return rows
+
+
+def best(rows: list[dict[str, Any]], nfe: int, libs: tuple[str, ...], metric: str) -> Optional[dict[str, Any]]:
+    cand = [r for r in rows if r["nfe"] == nfe and r["lib"] in libs and "learned" not in r
+            and math.isfinite(r[metric])]
+    return min(cand, key=lambda r: r[metric]) if cand else None
+
+
+def table(prob: str, rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"**{prob}**: error against the teacher from the same test noise (RMSE / median per-sample error); "
+             "`[name (spacing)]` is the best row of that library for that metric. flowode best = the better of its "
+             "best built-in and its learned solvers, per metric, as for the peers.", "",
+             "| NFE | flowode best built-in | learned (log): calibration / validation / test | learned (mse): "
+             "calibration / validation / test | diffusers best | k-diffusion best | flowode best / peers' best |",
+             "|---|---|---|---|---|---|---|"]
+    met: list[str] = []
+    missed: list[str] = []
+    for nfe in NFES:
+        ratios, cells = [], []
+        for metric in ("rmse", "median"):
+            b = best(rows, nfe, ("flowode",), metric)
+            d = best(rows, nfe, ("diffusers",), metric)
+            k = best(rows, nfe, ("k-diffusion",), metric)
+            cells.append((b, d, k))
+            peers = [r for r in (d, k) if r is not None]
+            ours = [r for r in rows if r["nfe"] == nfe and "learned" in r] + ([b] if b is not None else [])
+            win = min(ours, key=lambda r: r[metric])
+            ratio = win[metric] / min(r[metric] for r in peers) if peers else math.nan
+            ratios.append(f"{ratio:.2f}x ({win['method']})" if peers else "-")
+            (met if ratio <= 0.5 else missed).append(f"NFE {nfe} {'RMSE' if metric == 'rmse' else 'median'} "
+                                                    f"{ratio:.2f}x")
+
+        def both(i: int, cells: list[Any] = cells) -> str:
+            rb, rm = cells[0][i], cells[1][i]
+            if rb is None or rm is None:
+                return "-"
+            return f"{rb['rmse']:.2e} [{rb['method']}] / {rm['median']:.2e} [{rm['method']}]"
+
+        def lrn(obj: str, nfe: int = nfe) -> str:
+            r = next((r for r in rows if r["nfe"] == nfe and r.get("learned") == obj), None)
+            if r is None:
+                return "-"
+            return (f"{r['cal_rmse']:.2e} / {r['val_rmse']:.2e} / **{r['rmse']:.2e}**; median {r['cal_median']:.2e} / "
+                    f"{r['val_median']:.2e} / **{r['median']:.2e}**")
+
+        lines.append(f"| {nfe} | {both(0)} | {lrn('log')} | {lrn('mse')} | {both(1)} | {both(2)} | "
+                     f"RMSE {ratios[0]}; median {ratios[1]} |")
+    lines += ["", f"Target flowode best <= 0.5x the peers' best: met at {', '.join(met) or 'none'}; missed at "
+                  f"{', '.join(missed) or 'none'}."]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--learn", action="store_true", help="refit the learned solvers (digits: benchmarks/learned/)")
+    ap.add_argument("--objectives", default=",".join(OBJECTIVES),
+                    help="learned-solver objectives (development runs may add log+rmse)")
+    ap.add_argument("--problems", default="aniso32,digits", help="problems (others than the two: development runs, "
+                                                                   "no section written)")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(LEARNED, exist_ok=True)
+    t_start = time.time()
+    notes, parts = [], []
+    for name in args.problems.split(","):
+        t0 = time.time()
+        prob = problem(name)
+        print(f"{name}:")
+        data = {k: batch(prob, k) for k in ("calibration", "validation", "test")}
+        x_t, ref_t = data["test"]
+        rows = builtin_rows(prob, x_t, ref_t) + peer_rows(prob, x_t, ref_t)
+        objectives = tuple(args.objectives.split(","))
+        rows += learned_rows(prob, data, refit=args.learn, objectives=objectives)
+        with open(os.path.join(OUT, f"{name}_rows.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        parts += table(name, rows) + [""]
+        if TEACHER_STEPS.get(name) is not None:
+            x32, ref32 = x_t[:32], ref_t[:32]
+            fine = flowode.integrate(prob.model, x32, flowode.sigma_grid(prob.model.schedule, 1000, "logsnr"),
+                                     "dpm_solver++_3m").x
+            notes.append(f"{name}: teacher ({TEACHER_STEPS[name]} steps) against 1000 steps, first 32 test samples: "
+                         f"RMSE {summary(ref32, fine)['rmse']:.2e}.")
+        lr = [r for r in rows if "learned" in r]
+        notes.append(f"{name}: learned artefacts (validation RMSE / median; the base dpm_solver++_2m on its best "
+                     "built-in "
+                     "spacing in brackets): " + ", ".join(
+                         f"`{r['path']}` {r['val_rmse']:.2e} / {r['val_median']:.2e} ({r['base_val_rmse']:.2e} / "
+                         f"{r['base_val_median']:.2e})" for r in lr) + f"; {time.time() - t0:.0f} s for this problem.")
+    print("\n".join(parts + notes))
+    if args.problems != "aniso32,digits" or objectives != OBJECTIVES:
+        return
+    cmd = "python benchmarks/low_nfe.py" + (" --learn" if args.learn else "")
+    text = ["# Low-NFE headline: flowode's best and learned solvers vs diffusers and k-diffusion (issue 15)", "",
+            "Command:", "", "```", cmd, "```", "",
+            __doc__.split("\n\n", 1)[1].split("Usage::")[0].strip(), "", *parts, *[f"- {n}" for n in notes],
+            f"- total {time.time() - t_start:.0f} s on the 2-core build machine (teachers cached in benchmarks/out/).",
+            ""]
+    with open(os.path.join(HERE, "sections", "low_nfe.md"), "w") as f:
+        f.write("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Learned solvers (flowode.learned): identities with the base solvers, exact gradients, held-out
+fitting, the JSON artefact, the model-fingerprint guard, the CLI and bench, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import flowode
+from flowode.analytic import gmm_ring
+from flowode.bench import get_problem
+from flowode.cli import main
+from flowode.grids import GridError
+from flowode.learned import (
+    LearnedSolver,
+    LearnedSpec,
+    ModelMismatchError,
+    _objective,
+    _Params,
+    learn_solver,
+    load_learned,
+    model_fingerprint_of,
+    per_sample_errors,
+)
+from flowode.solvers import SolverError, available, get_class, make
+
+
+@pytest.fixture(scope="module")
+def ring():
+    sched = flowode.DiscreteVPSchedule.linear()
+    return gmm_ring().model(sched)
+
+
+def _prior(model, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return model.prior_sample((n, 2), model.schedule.sigma_max, generator=g, dtype=torch.float64)
+
+
+def _spec(grid, base="dpm_solver++_2m", history=2, deltas=None):
+    n = len(grid) - 1
+    return LearnedSpec(base=base, history=history, nfe=n, sigmas=[float(v) for v in grid],
+                       deltas=deltas if deltas is not None else [[0.0] * history] * n)
+
+
+@pytest.fixture(scope="module")
+def fitted(ring):
+    """A small fit on the ring (NFE 4): calibration seed 1, validation seed 2."""
+    xc, xv = _prior(ring, 64, 1), _prior(ring, 64, 2)
+    return learn_solver(ring, xc, xv, 4, iters=25, val_every=5, meta={"problem": "ring"})
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras", "trailing"])
+@pytest.mark.parametrize("base, solver", [("dpm_solver++_2m", "dpm_solver++_2m"), ("ddim", "ddim")])
+def test_zero_correction_is_the_base_solver(ring, spacing, base, solver):
+    x = _prior(ring, 32, 0)
+    for n in (1, 2, 5, 10):
+        grid = flowode.sigma_grid(ring.schedule, n, spacing)
+        slv = LearnedSolver.from_spec(_spec(grid, base, 2 if base != "ddim" else 1))
+        a, b = flowode.integrate(ring, x, grid, slv), flowode.integrate(ring, x, grid, solver)
+        assert a.nfe == b.nfe == n
+        assert float((a.x - b.x).abs().max()) < 1e-12
+
+
+def test_weights_sum_to_one_keep_a_constant_x0(ring):
+    # a model whose x0 is a constant c: any consistent multistep update lands exactly on c at sigma = 0
+    c = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    model = flowode.EpsilonModel(lambda x, t: c.expand_as(x).clone(), ring.schedule, prediction="x0")
+    grid = flowode.sigma_grid(ring.schedule, 6, "logsnr")
+    deltas = [[0.0, 0.0]] + [[-0.3 * k, 0.3 * k] for k in range(1, 6)]
+    slv = LearnedSolver.from_spec(_spec(grid, deltas=deltas))
+    out = flowode.integrate(model, _prior(ring, 8, 0), grid, slv).x
+    assert float((out - c).abs().max()) < 1e-12
+
+
+def test_gradient_is_the_total_derivative(ring):
+    """Autograd through the driver (straight-through levels + the finite difference of x0 in log
+    sigma) against central differences of the true objective."""
+    n = 5
+    grid = flowode.sigma_grid(ring.schedule, n, "logsnr")
+    x = _prior(ring, 16, 3)
+    ref = flowode.reference_solve(ring, x, ring.schedule.sigma_max, 0.0)
+    par = _Params(n, 2, ring.schedule.sigma_min, ring.schedule.sigma_max, grid)
+    with torch.no_grad():
+        par.delta.copy_(0.1 * torch.randn(par.delta.shape, generator=torch.Generator().manual_seed(0),
+                                          dtype=torch.float64))
+
+    def loss(train: bool) -> torch.Tensor:
+        with torch.no_grad():
+            g = torch.stack(par.levels())
+        slv = LearnedSolver.from_spec(_spec(g, deltas=par.deltas().detach().tolist()))
+        if train:
+            slv._params = par
+        out = flowode.integrate(ring, x, slv.sigmas, slv, grad="autograd" if train else None).x
+        return _objective(per_sample_errors(out, ref), "mse")
+
+    loss(True).backward()
+    h = 1e-5
+    for prm, idx in ((par.u, ()), (par.z, (1,)), (par.z, (3,)), (par.delta, (2, 0))):
+        g = float(prm.grad[idx])
+        with torch.no_grad():
+            prm[idx] += h
+        up = float(loss(False))
+        with torch.no_grad():
+            prm[idx] -= 2 * h
+        dn = float(loss(False))
+        with torch.no_grad():
+            prm[idx] += h
+        fd = (up - dn) / (2 * h)
+        assert abs(g - fd) <= 5e-3 * abs(fd) + 1e-9, (idx, g, fd)
+
+
+def test_learning_reduces_held_out_error(ring, fitted):
+    e = fitted.spec.errors
+    # measured: validation RMSE 0.341 -> 0.240, median 0.330 -> 0.216 (NFE 4, 25 iterations)
+    assert e["validation"]["median"] < 0.8 * e["base_validation"]["median"]
+    assert e["validation"]["rmse"] < 0.8 * e["base_validation"]["rmse"]
+    assert e["calibration"]["rmse"] < e["base_calibration"]["rmse"]
+    # and on a third, fresh batch
+    x, spec = _prior(ring, 128, 7), fitted.spec
+    ref = flowode.reference_solve(ring, x, ring.schedule.sigma_max, 0.0)
+    base = LearnedSolver.from_spec(_spec(flowode.sigma_grid(ring.schedule, 4, spec.meta["init_spacing"])))
+    e_new = per_sample_errors(flowode.sample(ring, x, nfe=4, solver=fitted).x, ref)
+    e_base = per_sample_errors(flowode.integrate(ring, x, base.sigmas, base).x, ref)
+    assert float(e_new.median()) < float(e_base.median())
+    sig = spec.sigmas
+    assert sig[0] == ring.schedule.sigma_max and sig[-1] == 0.0 and all(b < a for a, b in zip(sig, sig[1:]))
+    assert sig[-2] >= ring.schedule.sigma_min
+
+
+def test_json_round_trip(tmp_path, ring, fitted):
+    path = tmp_path / "ring4.json"
+    fitted.save(path)
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "flowode.learned" and doc["nfe"] == 4 and doc["base"] == "dpm_solver++_2m"
+    assert set(doc["errors"]) >= {"calibration", "validation", "base_calibration", "base_validation"}
+    assert doc["fingerprint"] == fitted.spec.fingerprint and doc["shape"] == [2]
+    back = load_learned(path)
+    assert back.spec.sigmas == fitted.spec.sigmas and back.spec.deltas == fitted.spec.deltas
+    x = _prior(ring, 16, 5)
+    assert torch.equal(flowode.sample(ring, x, nfe=4, solver=back).x, flowode.sample(ring, x, nfe=4, solver=fitted).x)
+    by_name = make("learned", path=str(path))
+    assert torch.equal(flowode.sample(ring, x, nfe=4, solver=by_name).x, flowode.sample(ring, x, nfe=4, solver=back).x)
+
+
+def test_fingerprint_mismatch_refused_with_override(tmp_path, fitted):
+    path = tmp_path / "ring4.json"
+    fitted.save(path)
+    other = gmm_ring(radius=3.0).model(flowode.DiscreteVPSchedule.linear())
+    x = _prior(other, 8, 0)
+    with pytest.raises(ModelMismatchError, match=r"fingerprint .*check_model=False"):
+        flowode.sample(other, x, nfe=4, solver=load_learned(path))
+    sol = flowode.sample(other, x, nfe=4, solver=load_learned(path, check_model=False))
+    assert sol.nfe == 4
+
+
+def test_own_grid_only(ring, fitted):
+    x = _prior(ring, 8, 0)
+    with pytest.raises(SolverError, match="own grid of 4 steps"):
+        flowode.integrate(ring, x, flowode.sigma_grid(ring.schedule, 4, "logsnr"), fitted)
+    with pytest.raises(GridError, match="fitted for 4 steps"):
+        flowode.sample(ring, x, nfe=5, solver=fitted)
+    with pytest.raises(ValueError, match="own grid"):
+        flowode.sample(ring, x, nfe=4, solver=fitted, spacing="karras")
+    assert flowode.integrate(ring, x, fitted.sigmas, fitted).nfe == 4
+    with pytest.raises(SolverError, match="cannot encode"):
+        flowode.encode(ring, x, steps=4, solver=fitted)
+
+
+def test_registry_finds_it_but_does_not_list_it():
+    assert "learned" not in available()
+    assert get_class("learned") is LearnedSolver
+    with pytest.raises(SolverError, match="needs an artefact"):
+        _ = make("learned").sigmas
+    with pytest.raises(SolverError, match="no file"):
+        make("learned", path="/nonexistent/x.json")
+
+
+def test_bad_artefact_files(tmp_path):
+    p = tmp_path / "grid.json"
+    p.write_text(json.dumps({"format": "flowode.grid", "sigmas": [1.0, 0.0]}))
+    with pytest.raises(SolverError, match="not a flowode learned-solver file"):
+        load_learned(p)
+    p.write_text(json.dumps({"format": "flowode.learned", "version": 1, "base": "dpm_solver++_2m", "history": 2,
+                             "nfe": 2, "sigmas": [1.0, 2.0, 0.0], "deltas": [[0, 0], [0, 0]]}))
+    with pytest.raises(SolverError, match="strictly decreasing"):
+        load_learned(p)
+    p.write_text("{not json")
+    with pytest.raises(SolverError, match="path"):
+        load_learned(p)
+
+
+def test_bad_input_messages(ring):
+    xc, xv = _prior(ring, 16, 1), _prior(ring, 16, 2)
+    cases = [
+        (dict(nfe=0), "`nfe` must be a positive integer"),
+        (dict(base="unipc"), "`base` must be one of"),
+        (dict(history=0), "`history` must be an integer in 1..4"),
+        (dict(objective="median"), "`objective` must be one of"),
+        (dict(grad="adjoint"), "`grad` must be 'autograd' or 'checkpoint'"),
+        (dict(lr=-1.0), "`lr` must be a positive number"),
+    ]
+    for kw, msg in cases:
+        args = dict(nfe=3, iters=1)
+        args.update(kw)
+        with pytest.raises(ValueError, match=msg):
+            learn_solver(ring, xc, xv, args.pop("nfe"), **args)
+    with pytest.raises(ValueError, match="shares start states"):
+        learn_solver(ring, xc, torch.cat([xv, xc[:1]]), 3, iters=1)
+    with pytest.raises(ValueError, match="shape"):
+        learn_solver(ring, xc, xv, 3, iters=1, reference_calibration=torch.zeros(3, 2))
+
+
+def test_calibration_and_validation_seeds_differ(tmp_path, capsys, fitted):
+    rc = main(["learn", "--problem", "gmm2d", "--nfe", "3", "--out", str(tmp_path / "x.json"),
+               "--calibration-seed", "5", "--validation-seed", "5"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--validation-seed" in err and len(err.strip().splitlines()) == 1
+    meta = fitted.spec.meta
+    assert meta["calibration_size"] == meta["validation_size"] == 64
+
+
+def test_cli_learn_then_sample_and_bench(tmp_path, capsys):
+    art = tmp_path / "g3.json"
+    assert main(["learn", "--problem", "gmm2d", "--nfe", "3", "--out", str(art), "--calibration", "32",
+                 "--validation", "32", "--iters", "5", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "validation RMSE" in out and art.exists()
+    doc = json.loads(art.read_text())
+    assert doc["meta"]["calibration_seed"] != doc["meta"]["validation_seed"] and doc["meta"]["problem"] == "gmm2d"
+    assert main(["sample", "--problem", "gmm2d", "--solver", f"learned[path={art}]", "--nfe", "3", "--samples", "8",
+                 "--out", str(tmp_path / "s.npy")]) == 0
+    capsys.readouterr()
+    assert main(["bench", "--problems", "gmm2d", "--solvers", f"learned[path={art}],ddim", "--nfe", "3",
+                 "--samples", "16", "--out", str(tmp_path / "bench"), "--no-figures", "--no-progress"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "bench" / "results.jsonl").read_text().splitlines()]
+    learned = [r for r in recs if r["solver"] == "learned"]
+    assert learned and learned[0]["error"] is None and learned[0]["nfe"] == 3 and math.isfinite(learned[0]["rmse"])
+    # a mismatched model: one line on stderr, exit 2
+    capsys.readouterr()
+    assert main(["sample", "--problem", "gmm64", "--solver", f"learned[path={art}]", "--nfe", "3", "--samples", "4",
+                 "--out", str(tmp_path / "t.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "fingerprint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_digits_artefacts_load_and_match_the_shipped_model():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "learned"
+    files = sorted(root.glob("digits_nfe*.json"))
+    if not files:
+        pytest.skip("no digits artefacts in benchmarks/learned/")
+    prob = get_problem("digits")
+    # the network's fingerprint is its weights, not its float32 output (which changes with the thread count)
+    threads = torch.get_num_threads()
+    try:
+        fps = set()
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            fps.add(model_fingerprint_of(prob.model, [1, 8, 8], "float32"))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(fps) == 1
+    x = prob.prior(2, prob.model.schedule.sigma_max, 0)
+    for f in files:
+        slv = load_learned(f)
+        assert "validation" in slv.spec.errors
+        sol = flowode.sample(prob.model, x, nfe=slv.spec.nfe, solver=slv)  # the fingerprint check passes
+        assert sol.nfe == slv.spec.nfe and torch.isfinite(sol.x).all()
