@@ -116,30 +116,30 @@ def run(args: argparse.Namespace) -> int:
     cmd = (f"flowode study ddpm-vs-ddim --model {args.model} --steps {args.steps} --etas {args.etas} "
            f"--samples {args.samples} --seed {args.seed}")
     config = {"model": args.model, "steps": steps, "etas": etas, "samples": args.samples, "seed": args.seed}
+    study: Callable[..., Any]
+    cell: type
+    render: Callable[..., str]
     if args.model == "digits_uncond":
         from ..bench.study_digits import DigitsCell, digits_markdown, digits_study
 
-        res = _sharded(functools.partial(digits_study, load_pretrained("digits_uncond"), steps=steps,
-                                         n=args.samples, seed=args.seed), DigitsCell, etas, config, out)
-        if res is None:
-            return 0
-        dcells, dfl = res
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(f"Command: `{cmd}`\n\n" + digits_markdown(dcells, dfl, DIGITS_TITLE, args.samples) + "\n")
-        print(f"{len(dcells)} cells ({len(etas)} eta x {len(steps)} step counts, {args.samples} samples each) -> {out}")
-        return 0
-    ring = gmm_ring()
-    if args.model == "ring8":
-        model, dtype, title = load_pretrained("ring8"), torch.float32, "Shipped ring8 network (float32)"
+        study = functools.partial(digits_study, load_pretrained("digits_uncond"), steps=steps, n=args.samples,
+                                  seed=args.seed)
+        cell, render, title = DigitsCell, digits_markdown, DIGITS_TITLE
     else:
-        model, dtype = ring.model(DiscreteVPSchedule.linear()), torch.float64
-        title = "Exact eps of the ring (DiscreteVPSchedule.linear, float64)"
-    res = _sharded(functools.partial(ddpm_vs_ddim, model, ring, steps=steps, n=args.samples, seed=args.seed,
-                                     dtype=dtype), StudyCell, etas, config, out)
-    if res is None:
+        ring = gmm_ring()
+        if args.model == "ring8":
+            model, dtype, title = load_pretrained("ring8"), torch.float32, "Shipped ring8 network (float32)"
+        else:
+            model, dtype = ring.model(DiscreteVPSchedule.linear()), torch.float64
+            title = "Exact eps of the ring (DiscreteVPSchedule.linear, float64)"
+        study = functools.partial(ddpm_vs_ddim, model, ring, steps=steps, n=args.samples, seed=args.seed,
+                                  dtype=dtype)
+        cell, render = StudyCell, markdown
+    res = _sharded(study, cell, etas, config, out)
+    if res is None:  # a rank other than 0
         return 0
     cells, fl = res
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"Command: `{cmd}`\n\n" + markdown(cells, fl, title, args.samples) + "\n")
+    out.write_text(f"Command: `{cmd}`\n\n" + render(cells, fl, title, args.samples) + "\n")
     print(f"{len(cells)} cells ({len(etas)} eta x {len(steps)} step counts, {args.samples} samples each) -> {out}")
     return 0
