@@ -252,8 +252,7 @@ def test_digits_artefacts_load_and_match_the_shipped_model():
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "learned"
     files = sorted(root.glob("digits_nfe*.json"))
-    if not files:
-        pytest.skip("no digits artefacts in benchmarks/learned/")
+    assert len(files) == 6, f"the six shipped digits artefacts are missing from {root}: {files}"
     prob = get_problem("digits")
     # the network's fingerprint is its weights, not its float32 output (which changes with the thread count)
     threads = torch.get_num_threads()
