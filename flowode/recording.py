@@ -95,6 +95,9 @@ class Recorder:
             if not self.active:
                 raise ValueError(f"`save_to`={str(save_to)!r} streams what `save_at` keeps, but save_at={save_at!r} "
                                  "keeps nothing: pass save_at='steps' (or noise levels) too.")
+            if Path(save_to).exists() and not Path(save_to).is_dir():
+                raise ValueError(f"`save_to`={str(save_to)!r} is a file, not a directory: give a directory (it is "
+                                 "created if missing); the solve writes trajectory.npy and denoised.npy into it.")
             self.files = _Streams(Path(save_to))
 
     @property

@@ -85,6 +85,9 @@ def test_save_to_refusals_and_cleanup(tmp_path):
         flowode.sample(model, x, steps=4, save_to=tmp_path / "a")
     with pytest.raises(TypeError, match="save_to"):
         flowode.sample(model, x, steps=4, save_at="steps", save_to=3)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        flowode.sample(model, x, steps=4, save_at="steps", save_to=tmp_path / "a_file")
     with pytest.raises(FileNotFoundError, match="meta.json"):
         flowode.load_trajectory(tmp_path)
     calls = [0]
