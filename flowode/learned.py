@@ -276,6 +276,10 @@ class LearnedSolver(Stepper):
             try:
                 with open(self.path, encoding="utf-8") as f:
                     doc = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise SolverError(f"`path` of 'learned': {self.path!r} is not JSON ({exc}); give a file written by "
+                                  "`flowode learn` or flowode.learn_solver(...).save(path).") from None
+            try:
                 self._spec = LearnedSpec.from_json(doc, repr(self.path))
             except (ValueError, TypeError, json.JSONDecodeError) as exc:
                 raise SolverError(f"`path` of 'learned': {exc}") from None

@@ -188,7 +188,7 @@ def test_bad_artefact_files(tmp_path):
     with pytest.raises(SolverError, match="strictly decreasing"):
         load_learned(p)
     p.write_text("{not json")
-    with pytest.raises(SolverError, match="path"):
+    with pytest.raises(SolverError, match="is not JSON"):
         load_learned(p)
 
 
