@@ -23,7 +23,15 @@ teacher's output; S4S-Alt alternates them with the timesteps -- here both are fi
   the step to 0) or DDIM's ``(1, 0, ...)``, and ``sum_j delta_{i,j} = 0`` (consistency: a constant
   ``x0`` is kept exactly). At ``delta = 0`` on a built-in grid the learned solver *is*
   ``dpm_solver++_2m`` (or ``ddim``) to round-off; the fitted ``delta`` of the last step (to 0) is a
-  learned extrapolation of the last ``x0`` predictions.
+  learned extrapolation of the last ``x0`` predictions;
+* optionally (``corrector=True``) a UniC-type corrector (Zhao et al., NeurIPS 2023, sec. 3): once the
+  network has been evaluated at the predicted ``x_i``, the step ``i-1 -> i`` is redone with that
+  prediction added, ``xbar_i^c = r_{i-1} xbar_{i-1} + (1 - r_{i-1}) sum_j e_{i,j} x0_{i-j}`` (``j = 0
+  .. history``, ``e`` = UniC's weights (:func:`corrector_weights`) + corrections summing to 0), no
+  extra evaluation; at zero corrections it is ``unipc[predictor=dpm_solver++]``;
+* optionally (``shift=True``) per step after the first the offset ``c_i`` of the level the network
+  is evaluated at, ``sigma_in = s_i e^(c_i)`` on the rescaled state (a learned "time shift", Li et
+  al., ICLR 2024, arXiv 2305.15583).
 
 Gradients. The solve runs under the one driver (:func:`flowode.integrate` with ``grad="autograd"``
 or ``"checkpoint"``); the state's gradient flows through the network by autograd. The driver's grid
@@ -87,7 +95,7 @@ __all__ = ["LearnedSolver", "LearnedSpec", "learn_solver", "load_learned", "teac
 BASES = ("dpm_solver++_2m", "ddim")
 OBJECTIVES = ("log", "mse", "log+rmse")
 _FORMAT = "flowode.learned"
-_VERSION = 1
+_VERSION = 2  # 2: the corrector (version-1 files load as corrector=False)
 _FD_H = 1e-3  # log-sigma step of the finite difference d x0 / d log sigma (training only)
 _FLOOR = 1e-12  # per-sample error floor of the log objective
 
@@ -114,6 +122,41 @@ def base_weights(base: str, history: int, levels: Sequence[Any], i: int) -> list
         h_prev = lg(levels[i - 1] / levels[i])
         half_inv_r = h / (2 * h_prev)
         w[0], w[1] = 1 + half_inv_r, -half_inv_r
+    return w
+
+
+def corrector_weights(history: int, levels: Sequence[Any], i: int, used: int) -> list[Any]:
+    """The base corrector's weights of ``x0_i, x0_{i-1}, ...`` (newest first, ``history + 1`` entries)
+    for the start of step ``i >= 1``: the step ``s_{i-1} -> s_i`` redone with the prediction ``x0_i``
+    made at its (predicted) end, as UniC (Zhao et al., NeurIPS 2023, sec. 3) with ``B(h) = expm1(-h)``
+    ("bh2") on top of the ``used`` points the predictor of step ``i - 1`` combined (at most 2 enter
+    here: UniC-1 ``(1/2, 1/2)``, UniC-2 from the ``R_2 rho = b_2`` system), in the form
+
+        xbar_i^c = r xbar_{i-1} + (1 - r) D^c,   D^c = m0 + rho_1 (m1 - m0) / r_1 + rho_2 (x0_i - m0)
+
+    (``m0 = x0_{i-1}``, ``m1 = x0_{i-2}``, ``r = s_i / s_{i-1}``, ``h = log(s_{i-1} / s_i)``,
+    ``r_1 = -log(s_{i-2} / s_{i-1}) / h``). With zero corrections and ``history = 2`` on
+    ``dpm_solver++_2m`` weights this is flowode's ``unipc[predictor=dpm_solver++]`` (tests/test_learned.py).
+    Differentiable in the levels (floats or 0-d tensors)."""
+    w: list[Any] = [0.0] * (history + 1)
+    p = min(used, 2, history)
+    if p <= 1:
+        w[0], w[1] = 0.5, 0.5
+        return w
+    tens = isinstance(levels[i], Tensor)
+    lg: Any = torch.log if tens else math.log
+    em1: Any = torch.expm1 if tens else math.expm1
+    h = lg(levels[i - 1] / levels[i])
+    hh = -h
+    b_h = em1(hh)
+    g1 = em1(hh) / hh - 1.0
+    b1 = g1 / b_h
+    b2 = (g1 / hh - 0.5) * 2.0 / b_h
+    r1 = -lg(levels[i - 2] / levels[i - 1]) / h
+    rho1 = (b1 - b2) / (1.0 - r1)
+    rho2 = b1 - rho1
+    w[0], w[2] = rho2, rho1 / r1
+    w[1] = 1.0 - rho2 - rho1 / r1
     return w
 
 
@@ -153,7 +196,8 @@ def _objective(e: Tensor, objective: str) -> Tensor:
 class _Params(torch.nn.Module):
     """The unconstrained parameters ``(u, z, delta)`` and the map to levels and weights."""
 
-    def __init__(self, steps: int, history: int, sigma_min: float, sigma_max: float, init: Tensor) -> None:
+    def __init__(self, steps: int, history: int, sigma_min: float, sigma_max: float, init: Tensor,
+                 corrector: bool = False, shifts: bool = False) -> None:
         super().__init__()
         self.steps, self.history = steps, history
         self.sigma_max = float(sigma_max)
@@ -166,6 +210,8 @@ class _Params(torch.nn.Module):
         z = np.log(np.maximum(d / d.sum(), 1e-12)) if steps > 1 else np.zeros(0)
         self.z = torch.nn.Parameter(torch.tensor(z - (z.mean() if z.size else 0.0), dtype=torch.float64))
         self.delta = torch.nn.Parameter(torch.zeros(steps, max(history - 1, 0), dtype=torch.float64))
+        self.cdelta = torch.nn.Parameter(torch.zeros(steps if corrector else 0, history, dtype=torch.float64))
+        self.shift = torch.nn.Parameter(torch.zeros(steps - 1 if shifts else 0, dtype=torch.float64))
 
     def levels(self) -> list[Tensor]:
         """``S + 1`` 0-d tensors: ``sigma_max``, the learned levels, 0."""
@@ -183,6 +229,19 @@ class _Params(torch.nn.Module):
             return torch.zeros(self.steps, 1, dtype=torch.float64)
         return torch.cat([-self.delta.sum(1, keepdim=True), self.delta], 1)
 
+    def shift_of(self, i: int) -> Optional[Tensor]:
+        """The network-input shift ``c_i`` of step ``i`` (``None``: not learned; step 0 has none)."""
+        return self.shift[i - 1] if self.shift.numel() and i > 0 else None
+
+    def shifts(self) -> Optional[list[float]]:
+        return [0.0] + self.shift.detach().tolist() if self.shift.numel() else None
+
+    def corrector_deltas(self) -> Optional[Tensor]:
+        """``(S, history + 1)``: the corrector's weight corrections (rows sum to 0), or ``None``."""
+        if self.cdelta.shape[0] == 0:
+            return None
+        return torch.cat([-self.cdelta.sum(1, keepdim=True), self.cdelta], 1)
+
 
 # --------------------------------------------------------------------------------------- the artefact
 @dataclass
@@ -193,6 +252,12 @@ class LearnedSpec:
         base: the base solver (:data:`BASES`); history: x0 predictions per update.
         nfe: the budget (= steps: one evaluation per step); sigmas: the grid (``nfe + 1`` levels, ends at 0).
         deltas: ``(nfe, history)`` weight corrections (rows sum to 0).
+        corrector: apply the learned UniC-type corrector at the start of every step but the first
+            (format version 2; version-1 files have none); corrector_deltas: ``(nfe, history + 1)``
+            corrections of its weights (rows sum to 0; row 0 unused).
+        shifts: per step, the offset ``c_i`` in ``log sigma`` of the level the network is evaluated at,
+            ``sigma_in = s_i e^(c_i)`` with the state rescaled to it, ``x_in = x alpha(sigma_in) /
+            alpha(s_i)`` (clamped to the trained range; ``c_0 = 0``); ``None``: none (version 2).
         fingerprint, shape, dtype: the model it was fitted to and its sample shape and dtype.
         errors: ``{"calibration": {...}, "validation": {...}}`` after fitting, ``"base_calibration"`` /
             ``"base_validation"`` for the base solver on its best built-in spacing (each ``rmse``,
@@ -205,6 +270,9 @@ class LearnedSpec:
     nfe: int
     sigmas: list[float]
     deltas: list[list[float]]
+    corrector: bool = False
+    corrector_deltas: Optional[list[list[float]]] = None
+    shifts: Optional[list[float]] = None
     fingerprint: Optional[str] = None
     shape: Optional[list[int]] = None
     dtype: Optional[str] = None
@@ -239,6 +307,12 @@ class LearnedSpec:
                              f"got {s}.")
         if len(self.deltas) != self.nfe or any(len(r) != self.history for r in self.deltas):
             raise ValueError(f"{where}: `deltas` must be {self.nfe} rows of {self.history} weights.")
+        cd = self.corrector_deltas
+        if cd is not None and (len(cd) != self.nfe or any(len(r) != self.history + 1 for r in cd)):
+            raise ValueError(f"{where}: `corrector_deltas` must be {self.nfe} rows of {self.history + 1} weights.")
+        sh = self.shifts
+        if sh is not None and (len(sh) != self.nfe or not all(math.isfinite(float(v)) for v in sh)):
+            raise ValueError(f"{where}: `shifts` must be {self.nfe} finite numbers.")
 
 
 @dataclass
@@ -356,7 +430,7 @@ class LearnedSolver(Stepper):
         return hit
 
     def init(self, run: "Run") -> Any:
-        return ()  # the x0 history, newest first
+        return ((), None)  # (the x0 history, newest first; the previous step's (x, weights used))
 
     def native(self, kind: Boundary) -> bool:
         return kind is Boundary.TO_ZERO  # r = 0: x_next = D, the learned combination of the last x0s
@@ -364,31 +438,63 @@ class LearnedSolver(Stepper):
     def step(self, run: "Run", x: Tensor, sigma: float, sigma_next: float, state: Any) -> Step:
         spec, i = self.spec, run.step
         k = spec.history
-        pred = run.predict(x, sigma)
-        x0 = pred.x0
+        hist_prev, last = state
         deltas: Any
-        ratio: Any
+        cdeltas: Any
         if self._params is not None:  # training: straight-through levels, total derivative in sigma
             levels = self._params.levels()
-            deltas = self._params.deltas()[i]
-            s, s_next = _straight(levels[i], sigma), _straight(levels[i + 1], sigma_next)
-            if i > 0:
-                x0 = x0 + (torch.log(s) - math.log(sigma)) * _dx0_dlogsigma(run, x, sigma, x0)
+            deltas, cdeltas = self._params.deltas()[i], self._params.corrector_deltas()
             lv: list[Any] = [_straight(lv_, float(g)) for lv_, g in zip(levels, run.grid)]
-            a_s, a_t = _alpha_st(run, s, sigma), _alpha_st(run, s_next, sigma_next)
-            ratio = s_next / s
+
+            def a(j: int) -> Any:
+                return _alpha_st(run, lv[j], float(run.grid[j]))
+
+            log_in = torch.log(lv[i])
+            shift = self._params.shift_of(i)
+            if shift is not None:  # the network's input level, inside the trained range
+                log_in = torch.clamp(log_in + shift, math.log(run.sigma_min), math.log(run.sigma_max))
+            s_in = float(torch.exp(log_in.detach())) if shift is not None else sigma
+            x_in = x * (_alpha_st(run, torch.exp(log_in), s_in) / a(i)) if shift is not None else x
+            pred = run.predict(x_in, s_in)
+            x0 = pred.x0
+            if i > 0 or shift is not None:
+                x0 = x0 + (log_in - math.log(s_in)) * _dx0_dlogsigma(run, x_in, s_in, x0)
         else:
-            deltas = spec.deltas[i]
+            deltas, cdeltas = spec.deltas[i], spec.corrector_deltas
             lv = list(run.grid)
-            a_s, a_t, ratio = run.alpha(sigma), run.alpha(sigma_next), sigma_next / sigma
-        hist = ((x0,) + tuple(state))[:k]
-        base = base_weights(spec.base, k, lv, i)
-        n = len(hist)
-        w = [base[j] + deltas[j] for j in range(n)]
-        if n < k:  # warm-up: the weights of the missing points go to the newest one (consistency)
-            w[0] = w[0] + sum(base[j] + deltas[j] for j in range(n, k))
-        x_next = multistep_x0_update(x, a_s, a_t, ratio, hist, w)
-        return Step(x_next, hist, pred, None, {"orders": n})
+
+            def a(j: int) -> Any:
+                return run.alpha(float(run.grid[j]))
+
+            c = spec.shifts[i] if spec.shifts is not None else 0.0
+            if c != 0.0:
+                s_in = min(max(sigma * math.exp(c), run.sigma_min), run.sigma_max)
+                pred = run.predict(x * (run.alpha(s_in) / run.alpha(sigma)), s_in)
+            else:
+                pred = run.predict(x, sigma)
+            x0 = pred.x0
+        revised = None
+        if spec.corrector and last is not None:  # UniC-type: redo step i-1 with x0_i (no extra evaluation)
+            x_prev, used = last
+            chist = ((x0,) + tuple(hist_prev))[:k + 1]
+            cbase = corrector_weights(k, lv, i, used)
+            cd = cdeltas[i] if cdeltas is not None else [0.0] * (k + 1)
+            x = revised = multistep_x0_update(x_prev, a(i - 1), a(i), lv[i] / lv[i - 1], chist,
+                                              _folded(cbase, cd, len(chist)))
+        hist = ((x0,) + tuple(hist_prev))[:k]
+        w = _folded(base_weights(spec.base, k, lv, i), deltas, len(hist))
+        x_next = multistep_x0_update(x, a(i), a(i + 1), lv[i + 1] / lv[i], hist, w)
+        return Step(x_next, (hist, (x, len(hist))), pred, revised, {"orders": len(hist),
+                                                                    "corrected_steps": revised is not None})
+
+
+def _folded(base: Sequence[Any], deltas: Sequence[Any], n: int) -> list[Any]:
+    """``base + deltas`` for the ``n`` points there are; the weights of the missing ones (warm-up) go to
+    the newest point, so the weights still sum to one (consistency)."""
+    w = [base[j] + deltas[j] for j in range(n)]
+    if n < len(base):
+        w[0] = w[0] + sum(base[j] + deltas[j] for j in range(n, len(base)))
+    return w
 
 
 def _straight(t: Tensor, value: float) -> Tensor:
@@ -474,6 +580,8 @@ def learn_solver(
     *,
     base: str = "dpm_solver++_2m",
     history: int = 2,
+    corrector: bool = False,
+    shift: bool = False,
     reference_calibration: Optional[Tensor] = None,
     reference_validation: Optional[Tensor] = None,
     objective: str = "log",
@@ -499,6 +607,11 @@ def learn_solver(
         base: the solver whose weights are corrected (:data:`BASES`).
         history: x0 predictions combined per step (1 .. 4; 2 with ``base="dpm_solver++_2m"`` gives
             its exact weights plus one free weight per step).
+        corrector: also fit a UniC-type corrector (:func:`corrector_weights`; no extra evaluation):
+            the start is then UniPC with the DPM-Solver++ predictor.
+        shift: also fit, per step after the first, the offset of the level the network is evaluated
+            at (``LearnedSpec.shifts``; the "time shift" against exposure bias of Li et al., ICLR 2024,
+            arXiv 2305.15583, learned here instead of searched).
         reference_calibration, reference_validation: the teachers' endpoints at ``sigma = 0``;
             default :func:`~flowode.analytic.reference_solve` (scipy DOP853, ``rtol = 1e-10``; for a
             network it stops at ``sigma_min`` and returns the denoised estimate there).
@@ -508,7 +621,7 @@ def learn_solver(
             improvement stop the fit.
         spacing_init: the built-in spacing(s) the grid starts from (default: the best of
             ``logsnr``, ``karras``, ``uniform_t``, ``quadratic``, ``trailing`` on the calibration objective).
-        learn_grid, learn_weights: fit the timesteps / the weights (both by default).
+        learn_grid, learn_weights: fit the timesteps (and the shifts) / the weights (both by default).
         grad: ``"autograd"`` or ``"checkpoint"`` (the driver's gradient mode).
         shape: sample shape for the fingerprint (default ``x_calibration.shape[1:]``).
         meta: extra metadata for the artefact (problem name, seeds, ...).
@@ -566,13 +679,21 @@ def learn_solver(
         refs.append(ref.detach())
     ref_c, ref_v = refs
 
-    spec0 = LearnedSpec(base=base, history=history, nfe=nfe, sigmas=[], deltas=[[0.0] * history] * nfe)
+    for key, v in (("corrector", corrector), ("shift", shift)):
+        if not isinstance(v, bool):
+            raise ValueError(f"`{key}` must be True or False, got {v!r}.")
+    spec0 = LearnedSpec(base=base, history=history, nfe=nfe, sigmas=[], deltas=[[0.0] * history] * nfe,
+                        corrector=corrector, corrector_deltas=[[0.0] * (history + 1)] * nfe if corrector else None)
 
-    def solver_on(grid: Tensor, deltas: Optional[list[list[float]]] = None) -> LearnedSolver:
+    def solver_on(grid: Tensor, deltas: Optional[list[list[float]]] = None,
+                  cdeltas: Optional[list[list[float]]] = None, shifts: Optional[list[float]] = None) -> LearnedSolver:
         s = copy.deepcopy(spec0)
         s.sigmas = [float(v) for v in grid.tolist()]
         if deltas is not None:
             s.deltas = deltas
+        if cdeltas is not None:
+            s.corrector_deltas = cdeltas
+        s.shifts = shifts
         return LearnedSolver.from_spec(s, check_model=False)
 
     def errors(slv: LearnedSolver, xb: Tensor, ref: Tensor) -> Tensor:
@@ -601,14 +722,16 @@ def learn_solver(
     base_slv = solver_on(g0)
     e_base_c, e_base_v = errors(base_slv, x_calibration, ref_c), errors(base_slv, x_validation, ref_v)
 
-    params = _Params(nfe, history, smin, smax, g0)
-    trainable = ([params.u, params.z] if learn_grid else []) + ([params.delta] if learn_weights else [])
+    params = _Params(nfe, history, smin, smax, g0, corrector, shift)
+    trainable = (([params.u, params.z, params.shift] if learn_grid else [])
+                 + ([params.delta, params.cdelta] if learn_weights else []))
     trainable = [p for p in trainable if p.numel() > 0]
 
     def snapshot() -> LearnedSolver:
         with torch.no_grad():
             grid = torch.stack(params.levels()).clone()
-            return solver_on(grid, params.deltas().tolist())
+            cd = params.corrector_deltas()
+            return solver_on(grid, params.deltas().tolist(), None if cd is None else cd.tolist(), params.shifts())
 
     best_slv, best_val = base_slv, float(_objective(e_base_v, objective))
     history_log: list[dict[str, float]] = [{"iter": 0, "validation": best_val}]
@@ -649,7 +772,8 @@ def learn_solver(
     spec.shape = [int(v) for v in (shape if shape is not None else x_calibration.shape[1:])]
     spec.dtype = str(x_calibration.dtype).replace("torch.", "")
     spec.fingerprint = model_fingerprint_of(model, spec.shape, spec.dtype)
-    spec.meta = {"objective": objective, "iters_run": it, "lr": lr, "val_every": val_every, "patience": patience,
+    spec.meta = {"objective": objective, "corrector": corrector, "shift": shift,
+                 "iters_run": it, "lr": lr, "val_every": val_every, "patience": patience,
                  "init_spacing": init_spacing, "init_objectives": tried,
                  "calibration_size": int(x_calibration.shape[0]),
                  "validation_size": int(x_validation.shape[0]), "learn_grid": learn_grid,

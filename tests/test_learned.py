@@ -39,10 +39,13 @@ def _prior(model, n, seed):
     return model.prior_sample((n, 2), model.schedule.sigma_max, generator=g, dtype=torch.float64)
 
 
-def _spec(grid, base="dpm_solver++_2m", history=2, deltas=None):
+def _spec(grid, base="dpm_solver++_2m", history=2, deltas=None, cdeltas=None, corrector=False):
     n = len(grid) - 1
+    if corrector and cdeltas is None:
+        cdeltas = [[0.0] * (history + 1)] * n
     return LearnedSpec(base=base, history=history, nfe=n, sigmas=[float(v) for v in grid],
-                       deltas=deltas if deltas is not None else [[0.0] * history] * n)
+                       deltas=deltas if deltas is not None else [[0.0] * history] * n,
+                       corrector=corrector, corrector_deltas=cdeltas)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,20 @@ def test_zero_correction_is_the_base_solver(ring, spacing, base, solver):
         assert float((a.x - b.x).abs().max()) < 1e-12
 
 
+@pytest.mark.parametrize("spacing", ["logsnr", "karras", "trailing"])
+def test_zero_correction_with_corrector_is_unipc(ring, spacing):
+    """corrector=True, zero corrections: UniPC (bh2) with the DPM-Solver++(2M) predictor, final and
+    recorded (corrected) states alike."""
+    x = _prior(ring, 32, 0)
+    for n in (1, 2, 3, 5, 10):
+        grid = flowode.sigma_grid(ring.schedule, n, spacing)
+        slv = LearnedSolver.from_spec(_spec(grid, corrector=True))
+        a = flowode.integrate(ring, x, grid, slv, save_at="steps")
+        b = flowode.integrate(ring, x, grid, make("unipc", predictor="dpm_solver++"), save_at="steps")
+        assert a.nfe == b.nfe == n
+        assert float((a.trajectory - b.trajectory).abs().max()) < 1e-12
+
+
 def test_weights_sum_to_one_keep_a_constant_x0(ring):
     # a model whose x0 is a constant c: any consistent multistep update lands exactly on c at sigma = 0
     c = torch.tensor([0.3, -1.2], dtype=torch.float64)
@@ -75,22 +92,28 @@ def test_weights_sum_to_one_keep_a_constant_x0(ring):
     assert float((out - c).abs().max()) < 1e-12
 
 
-def test_gradient_is_the_total_derivative(ring):
+@pytest.mark.parametrize("corrector, shift", [(False, False), (True, False), (True, True)])
+def test_gradient_is_the_total_derivative(ring, corrector, shift):
     """Autograd through the driver (straight-through levels + the finite difference of x0 in log
     sigma) against central differences of the true objective."""
     n = 5
     grid = flowode.sigma_grid(ring.schedule, n, "logsnr")
     x = _prior(ring, 16, 3)
     ref = flowode.reference_solve(ring, x, ring.schedule.sigma_max, 0.0)
-    par = _Params(n, 2, ring.schedule.sigma_min, ring.schedule.sigma_max, grid)
+    par = _Params(n, 2, ring.schedule.sigma_min, ring.schedule.sigma_max, grid, corrector, shift)
     with torch.no_grad():
-        par.delta.copy_(0.1 * torch.randn(par.delta.shape, generator=torch.Generator().manual_seed(0),
-                                          dtype=torch.float64))
+        gen = torch.Generator().manual_seed(0)
+        par.delta.copy_(0.1 * torch.randn(par.delta.shape, generator=gen, dtype=torch.float64))
+        par.cdelta.copy_(0.1 * torch.randn(par.cdelta.shape, generator=gen, dtype=torch.float64))
+        par.shift.copy_(0.05 * torch.randn(par.shift.shape, generator=gen, dtype=torch.float64))
 
     def loss(train: bool) -> torch.Tensor:
         with torch.no_grad():
             g = torch.stack(par.levels())
-        slv = LearnedSolver.from_spec(_spec(g, deltas=par.deltas().detach().tolist()))
+            cd = par.corrector_deltas()
+        slv = LearnedSolver.from_spec(_spec(g, deltas=par.deltas().detach().tolist(), corrector=corrector,
+                                            cdeltas=None if cd is None else cd.tolist()))
+        slv.spec.shifts = par.shifts()
         if train:
             slv._params = par
         out = flowode.integrate(ring, x, slv.sigmas, slv, grad="autograd" if train else None).x
@@ -98,7 +121,12 @@ def test_gradient_is_the_total_derivative(ring):
 
     loss(True).backward()
     h = 1e-5
-    for prm, idx in ((par.u, ()), (par.z, (1,)), (par.z, (3,)), (par.delta, (2, 0))):
+    checks = [(par.u, ()), (par.z, (1,)), (par.z, (3,)), (par.delta, (2, 0))]
+    if corrector:
+        checks += [(par.cdelta, (2, 0)), (par.cdelta, (3, 1))]
+    if shift:
+        checks += [(par.shift, (0,)), (par.shift, (2,)), (par.shift, (3,))]
+    for prm, idx in checks:
         g = float(prm.grad[idx])
         with torch.no_grad():
             prm[idx] += h
@@ -226,10 +254,12 @@ def test_calibration_and_validation_seeds_differ(tmp_path, capsys, fitted):
 def test_cli_learn_then_sample_and_bench(tmp_path, capsys):
     art = tmp_path / "g3.json"
     assert main(["learn", "--problem", "gmm2d", "--nfe", "3", "--out", str(art), "--calibration", "32",
-                 "--validation", "32", "--iters", "5", "--quiet"]) == 0
+                 "--validation", "32", "--iters", "5", "--corrector", "--shift", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "validation RMSE" in out and art.exists()
     doc = json.loads(art.read_text())
+    assert doc["version"] == 2 and doc["corrector"] is True and len(doc["corrector_deltas"]) == 3
+    assert len(doc["shifts"]) == 3 and doc["shifts"][0] == 0.0
     assert doc["meta"]["calibration_seed"] != doc["meta"]["validation_seed"] and doc["meta"]["problem"] == "gmm2d"
     assert main(["sample", "--problem", "gmm2d", "--solver", f"learned[path={art}]", "--nfe", "3", "--samples", "8",
                  "--out", str(tmp_path / "s.npy")]) == 0
@@ -245,6 +275,44 @@ def test_cli_learn_then_sample_and_bench(tmp_path, capsys):
                  "--out", str(tmp_path / "t.npy")]) == 2
     err = capsys.readouterr().err
     assert "fingerprint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_version_1_files_load_without_corrector(tmp_path, ring):
+    """Artefacts written before the corrector and the shifts (format version 1) still load and run as
+    they did: no corrector, no shifts."""
+    grid = flowode.sigma_grid(ring.schedule, 4, "logsnr")
+    doc = {"format": "flowode.learned", "version": 1, "base": "dpm_solver++_2m", "history": 2, "nfe": 4,
+           "sigmas": [float(v) for v in grid], "deltas": [[0.0, 0.0]] * 4}
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(doc))
+    slv = load_learned(path)
+    assert slv.spec.corrector is False and slv.spec.shifts is None
+    x = _prior(ring, 8, 0)
+    a, b = flowode.integrate(ring, x, grid, slv), flowode.integrate(ring, x, grid, "dpm_solver++_2m")
+    assert float((a.x - b.x).abs().max()) < 1e-12
+
+
+def test_shifts_move_the_network_input_level(ring):
+    """A shift c evaluates the network at sigma e^c on the rescaled state: with shifts the x0 history is
+    that of the shifted evaluations (checked against a hand-made DDIM-like first step)."""
+    grid = flowode.sigma_grid(ring.schedule, 3, "logsnr")
+    x = _prior(ring, 8, 0)
+    spec = _spec(grid, base="ddim", history=1)
+    spec.shifts = [0.0, -0.2, 0.1]
+    out = flowode.integrate(ring, x, grid, LearnedSolver.from_spec(spec), save_at="steps")
+    s1 = float(grid[1])
+    s_in = s1 * math.exp(-0.2)
+    x1 = out.trajectory[1]
+    a1, a_in = (float(ring.coefficients(v)[0]) for v in (s1, s_in))
+    x0 = ring.predict(x1 * (a_in / a1), s_in).x0
+    s2 = float(grid[2])
+    a2 = float(ring.coefficients(s2)[0])
+    expect = a2 * ((s2 / s1) * x1 / a1 + (1 - s2 / s1) * x0)
+    assert float((out.trajectory[2] - expect).abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="shifts"):
+        bad = _spec(grid)
+        bad.shifts = [0.0, float("nan"), 0.0]
+        bad.validate()
 
 
 def test_digits_artefacts_load_and_match_the_shipped_model():

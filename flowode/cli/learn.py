@@ -25,6 +25,11 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     p.add_argument("--base", default="dpm_solver++_2m", help="base solver whose weights are corrected: "
                                                              "dpm_solver++_2m (default) or ddim")
     p.add_argument("--history", type=int, default=2, help="x0 predictions per update (default 2)")
+    p.add_argument("--corrector", action="store_true",
+                   help="also fit a UniC-type corrector (no extra evaluation; starts from UniPC with the "
+                        "DPM-Solver++ predictor)")
+    p.add_argument("--shift", action="store_true",
+                   help="also fit per-step offsets of the level the network is evaluated at")
     p.add_argument("--calibration", type=int, default=256, help="calibration batch size (default 256)")
     p.add_argument("--validation", type=int, default=256, help="validation batch size (default 256)")
     p.add_argument("--calibration-seed", type=int, default=1001, help="seed of the calibration noise (default 1001)")
@@ -63,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         x = prob.prior(n, smax, seed)
         batches[key] = (x, teacher_solve(prob.model, x, steps=args.teacher_steps, rtol=tol))
     (xc, rc), (xv, rv) = batches["calibration"], batches["validation"]
-    slv = learn_solver(prob.model, xc, xv, args.nfe, base=args.base, history=args.history, reference_calibration=rc,
+    slv = learn_solver(prob.model, xc, xv, args.nfe, base=args.base, history=args.history, corrector=args.corrector,
+                       shift=args.shift, reference_calibration=rc,
                        reference_validation=rv, objective=args.objective, iters=args.iters, lr=args.lr,
                        shape=prob.shape, verbose=not args.quiet,
                        meta={"problem": args.problem, "calibration_seed": args.calibration_seed,
