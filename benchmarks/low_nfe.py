@@ -19,9 +19,11 @@ Noise: calibration seed 1001, validation seed 2002, test seed 0 (each a separate
 in the table runs on the test batch). Learned solvers (``flowode.learn_solver``, base
 ``dpm_solver++_2m``, history 2, model selection on the validation batch) with each objective:
 ``log`` (mean per-sample log-error: the typical sample) and ``mse`` (the tail of mode-switching
-samples); fitted by ``--learn`` (150 Adam iterations at most for ``aniso32``, cached in
-``benchmarks/out/low_nfe/``; 40 for ``digits``, shipped as ``benchmarks/learned/digits_nfe*_*.json``)
-and read from those files otherwise.
+samples). ``aniso32``: 150 Adam iterations at most (lr 0.05), fitted with and without the learned
+UniC-type corrector (``corrector=True``), the one with the better validation objective kept; cached
+in ``benchmarks/out/low_nfe/``. ``digits``: with the corrector, 150 iterations at most (lr 0.01,
+patience 10; 96 calibration images), shipped as ``benchmarks/learned/digits_nfe*_*.json``. Fitted by
+``--learn``, read from those files otherwise.
 
 Methods (the best of each library by the metric of the column, picked on the test batch itself --
 which favours the built-in and peer rows; the learned rows were selected on the validation batch;
@@ -35,7 +37,7 @@ full-range runs only):
 
 Usage::
 
-    python benchmarks/low_nfe.py --learn    # fit every learned solver (~30 minutes on 2 loaded cores)
+    python benchmarks/low_nfe.py --learn    # fit every learned solver (~20 minutes on 2 cores)
     python benchmarks/low_nfe.py            # -> benchmarks/sections/low_nfe.md from the fitted artefacts
 """
 
@@ -57,6 +59,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import flowode  # noqa: E402
 from flowode.analytic import GaussianMixture  # noqa: E402
 from flowode.bench import PEERS, get_problem  # noqa: E402
+from flowode.bench.fd_digits import fd_digits, fd_floor  # noqa: E402
 from flowode.bench.peers import EpsCounter  # noqa: E402
 from flowode.bench.problems import Problem  # noqa: E402
 from flowode.learned import learn_solver, load_learned, per_sample_errors, teacher_solve  # noqa: E402
@@ -67,7 +70,9 @@ NFES = (5, 10, 20)
 SEEDS = {"calibration": 1001, "validation": 2002, "test": 0}
 SIZES = {"aniso32": {"calibration": 256, "validation": 256, "test": 512},
          "digits": {"calibration": 96, "validation": 96, "test": 192}}
-LEARN = {"aniso32": {"iters": 150}, "digits": {"iters": 40}}
+#: the fitting configurations tried per problem; per objective the one with the best validation objective is kept
+LEARN = {"aniso32": [{"iters": 150}, {"iters": 150, "corrector": True}],
+         "digits": [{"iters": 150, "corrector": True, "lr": 0.01, "patience": 10}]}
 TEACHER_STEPS = {"aniso32": None, "digits": 500}
 OBJECTIVES = ("log", "mse")
 FLOWODE = ("ipndm", "dpm_solver++_2m", "dpm_solver++_3m", "unipc", "deis")
@@ -110,9 +115,14 @@ def batch(prob: Problem, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, ref
 
 
-def summary(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+def summary(x: torch.Tensor, ref: torch.Tensor, fd: bool = False) -> dict[str, float]:
+    """Batch RMSE and median per-sample error against the teacher; ``fd``: also FD-digits (raw, the
+    samples against the 1200 real training digits, flowode.bench.fd_digits)."""
     e = per_sample_errors(x, ref)
-    return {"rmse": float(torch.sqrt(torch.mean(e * e))), "median": float(torch.median(e))}
+    out = {"rmse": float(torch.sqrt(torch.mean(e * e))), "median": float(torch.median(e))}
+    if fd:
+        out["fd"] = fd_digits(x.to(torch.float32))
+    return out
 
 
 def full_range(prob: Problem, s0: float, s1: float) -> bool:
@@ -135,7 +145,7 @@ def builtin_rows(prob: Problem, x: torch.Tensor, ref: torch.Tensor) -> list[dict
                     print(f"  skip {slv} {sp} NFE {nfe}: {exc}")
                     continue
                 rows.append({"lib": "flowode", "method": f"{slv} ({sp})", "nfe": nfe, "nfe_used": sol.nfe,
-                             **summary(sol.x, ref)})
+                             **summary(sol.x, ref, prob.name == "digits")})
     return rows
 
 
@@ -168,8 +178,34 @@ def peer_rows(prob: Problem, x: torch.Tensor, ref: torch.Tensor) -> list[dict[st
                 print(f"  skip {label} NFE {nfe}: {type(exc).__name__}: {exc}")
                 continue
             rows.append({"lib": peer.library, "method": label, "nfe": nfe, "nfe_used": counter.calls,
-                         **summary(out.x, ref)})
+                         **summary(out.x, ref, prob.name == "digits")})
     return rows
+
+
+def fit_learned(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]], nfe: int, objective: str,
+                path: str) -> None:
+    """Fit every configuration of ``LEARN[prob.name]``; keep (write to ``path``) the one with the best
+    validation objective (``log``: mean log-error, ``mse``: RMSE) -- the test batch plays no part."""
+    (xc, rc), (xv, rv) = data["calibration"], data["validation"]
+    key = "log_mean" if objective == "log" else "rmse"
+    best = None
+    for cfg in LEARN.get(prob.name, LEARN["aniso32"]):
+        t0 = time.time()
+        slv = learn_solver(prob.model, xc, xv, nfe, reference_calibration=rc, reference_validation=rv,
+                           shape=prob.shape, objective=objective, **cfg,
+                           meta={"problem": prob.name, "calibration_seed": SEEDS["calibration"],
+                                 "validation_seed": SEEDS["validation"],
+                                 "teacher": "exact flow (scipy DOP853, rtol 1e-10)"
+                                 if TEACHER_STEPS.get(prob.name) is None
+                                 else f"dpm_solver++_3m, {TEACHER_STEPS[prob.name]} logsnr steps"})
+        val = slv.spec.errors["validation"][key]
+        print(f"  learned {prob.name} NFE {nfe} ({objective}, {cfg}): {time.time() - t0:.0f} s, validation "
+              f"{key} {val:.4g}")
+        if best is None or val < best[0]:
+            best = (val, slv)
+    assert best is not None
+    best[1].save(path)
+    print(f"  -> {os.path.relpath(path, HERE)}")
 
 
 def learned_rows(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -180,23 +216,13 @@ def learned_rows(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor
         for objective in objectives:
             path = os.path.join(LEARNED if prob.name == "digits" else OUT, f"{prob.name}_nfe{nfe}_{objective}.json")
             if refit or not os.path.exists(path):
-                t0 = time.time()
-                (xc, rc), (xv, rv) = data["calibration"], data["validation"]
-                slv = learn_solver(prob.model, xc, xv, nfe, reference_calibration=rc, reference_validation=rv,
-                                   shape=prob.shape, objective=objective, **LEARN.get(prob.name, LEARN["aniso32"]),
-                                   meta={"problem": prob.name, "calibration_seed": SEEDS["calibration"],
-                                         "validation_seed": SEEDS["validation"],
-                                         "teacher": "exact flow (scipy DOP853, rtol 1e-10)"
-                                         if TEACHER_STEPS.get(prob.name) is None
-                                         else f"dpm_solver++_3m, {TEACHER_STEPS[prob.name]} logsnr steps"})
-                slv.save(path)
-                print(f"  learned {prob.name} NFE {nfe} ({objective}): {time.time() - t0:.0f} s -> "
-                      f"{os.path.relpath(path, HERE)}")
+                fit_learned(prob, data, nfe, objective, path)
             slv = load_learned(path)
             sol = flowode.sample(prob.model, x_t, nfe=nfe, solver=slv)
             e = slv.spec.errors
             rows.append({"lib": "flowode", "method": f"learned ({objective})", "learned": objective, "nfe": nfe,
-                         "nfe_used": sol.nfe, **summary(sol.x, ref_t),
+                         "corrector": slv.spec.corrector,
+                         "nfe_used": sol.nfe, **summary(sol.x, ref_t, prob.name == "digits"),
                          "cal_rmse": e["calibration"]["rmse"], "val_rmse": e["validation"]["rmse"],
                          "cal_median": e["calibration"]["median"], "val_median": e["validation"]["median"],
                          "base_val_rmse": e["base_validation"]["rmse"],
@@ -250,6 +276,19 @@ def table(prob: str, rows: list[dict[str, Any]]) -> list[str]:
 
         lines.append(f"| {nfe} | {both(0)} | {lrn('log')} | {lrn('mse')} | {both(1)} | {both(2)} | "
                      f"RMSE {ratios[0]}; median {ratios[1]} |")
+    if any("fd" in r for r in rows):
+        parts = []
+        for nfe in NFES:
+            pick = [("flowode", best(rows, nfe, ("flowode",), "rmse")),
+                    *[(f"learned ({o})", next((r for r in rows if r["nfe"] == nfe and r.get("learned") == o), None))
+                      for o in OBJECTIVES],
+                    ("diffusers", best(rows, nfe, ("diffusers",), "rmse")),
+                    ("k-diffusion", best(rows, nfe, ("k-diffusion",), "rmse"))]
+            parts.append(f"NFE {nfe}: " + ", ".join(f"{lab} {r['fd']:.3f}" + ("" if lab.startswith("learned") else
+                                                                            f" [{r['method']}]")
+                                                    for lab, r in pick if r is not None and "fd" in r))
+        lines += ["", "FD-digits of the same test samples (raw, against the 1200 real training digits; each library's "
+                      "row with the best RMSE, and the learned solvers): " + "; ".join(parts) + "."]
     lines += ["", f"Target flowode best <= 0.5x the peers' best: met at {', '.join(met) or 'none'}; missed at "
                   f"{', '.join(missed) or 'none'}."]
     return lines
@@ -286,11 +325,18 @@ def main() -> None:
                                      "dpm_solver++_3m").x
             notes.append(f"{name}: teacher ({TEACHER_STEPS[name]} steps) against 1000 steps, first 32 test samples: "
                          f"RMSE {summary(ref32, fine)['rmse']:.2e}.")
+        if name == "digits":
+            n_t = int(ref_t.shape[0])
+            fl = fd_floor(n_t)["heldout_vs_train"]
+            notes.append(f"digits: FD-digits of the teacher's {n_t} test samples {fd_digits(ref_t.float()):.3f}; the "
+                         f"floor of {n_t} real held-out digits {fl[0]:.3f} +- {fl[1]:.3f} (fd_floor). At this n "
+                         "FD-digits separates solvers only where they differ by more than that spread.")
         lr = [r for r in rows if "learned" in r]
-        notes.append(f"{name}: learned artefacts (validation RMSE / median; the base dpm_solver++_2m on its best "
-                     "built-in "
-                     "spacing in brackets): " + ", ".join(
-                         f"`{r['path']}` {r['val_rmse']:.2e} / {r['val_median']:.2e} ({r['base_val_rmse']:.2e} / "
+        notes.append(f"{name}: learned artefacts (validation RMSE / median; in brackets the start of the fit: "
+                     "dpm_solver++_2m, or for a fit with the corrector (marked C) unipc[predictor=dpm_solver++], on "
+                     "its best built-in spacing): " + ", ".join(
+                         f"`{r['path']}`{' (C)' if r['corrector'] else ''} {r['val_rmse']:.2e} / {r['val_median']:.2e} "
+                         f"({r['base_val_rmse']:.2e} / "
                          f"{r['base_val_median']:.2e})" for r in lr) + f"; {time.time() - t0:.0f} s for this problem.")
     print("\n".join(parts + notes))
     if args.problems != "aniso32,digits" or objectives != OBJECTIVES:
