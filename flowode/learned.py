@@ -137,7 +137,8 @@ def corrector_weights(history: int, levels: Sequence[Any], i: int, used: int) ->
     (``m0 = x0_{i-1}``, ``m1 = x0_{i-2}``, ``r = s_i / s_{i-1}``, ``h = log(s_{i-1} / s_i)``,
     ``r_1 = -log(s_{i-2} / s_{i-1}) / h``). With zero corrections and ``history = 2`` on
     ``dpm_solver++_2m`` weights this is flowode's ``unipc[predictor=dpm_solver++]`` (tests/test_learned.py).
-    Differentiable in the levels (floats or 0-d tensors)."""
+    Differentiable in the levels (floats or 0-d tensors): the system of
+    :func:`flowode.solvers.exponential.updates._system` (numpy, floats) solved here in closed form."""
     w: list[Any] = [0.0] * (history + 1)
     p = min(used, 2, history)
     if p <= 1:
