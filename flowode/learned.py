@@ -198,14 +198,15 @@ class _Params(torch.nn.Module):
     """The unconstrained parameters ``(u, z, delta)`` and the map to levels and weights."""
 
     def __init__(self, steps: int, history: int, sigma_min: float, sigma_max: float, init: Tensor,
-                 corrector: bool = False, shifts: bool = False) -> None:
+                 corrector: bool = False, shifts: bool = False, last_floor: float = 1e-2) -> None:
         super().__init__()
         self.steps, self.history = steps, history
         self.sigma_max = float(sigma_max)
         self.l_lo, self.l_hi = math.log(sigma_min), math.log(sigma_max)
         logs = np.log(init[:-1].numpy())
-        # the last level starts at least 1 % of the log range above sigma_min: sigmoid(u) has no gradient at 0
-        frac = float(np.clip((logs[-1] - self.l_lo) / (self.l_hi - self.l_lo), 1e-2, 1 - 1e-6))
+        # the last level starts at least `last_floor` of the log range above sigma_min: sigmoid(u) has no
+        # gradient at 0 (1 % from a built-in grid; a fitted grid is taken as it is)
+        frac = float(np.clip((logs[-1] - self.l_lo) / (self.l_hi - self.l_lo), last_floor, 1 - 1e-6))
         self.u = torch.nn.Parameter(torch.tensor(math.log(frac / (1 - frac)), dtype=torch.float64))
         d = -np.diff(logs)
         z = np.log(np.maximum(d / d.sum(), 1e-12)) if steps > 1 else np.zeros(0)
@@ -213,6 +214,16 @@ class _Params(torch.nn.Module):
         self.delta = torch.nn.Parameter(torch.zeros(steps, max(history - 1, 0), dtype=torch.float64))
         self.cdelta = torch.nn.Parameter(torch.zeros(steps if corrector else 0, history, dtype=torch.float64))
         self.shift = torch.nn.Parameter(torch.zeros(steps - 1 if shifts else 0, dtype=torch.float64))
+
+    def start_from(self, spec: "LearnedSpec") -> None:
+        """Set the weight corrections and shifts to those of a fitted artefact (same shape)."""
+        with torch.no_grad():
+            if self.delta.numel():
+                self.delta.copy_(torch.tensor(spec.deltas, dtype=torch.float64)[:, 1:])
+            if self.cdelta.numel() and spec.corrector_deltas is not None:
+                self.cdelta.copy_(torch.tensor(spec.corrector_deltas, dtype=torch.float64)[:, 1:])
+            if self.shift.numel() and spec.shifts is not None:
+                self.shift.copy_(torch.tensor(spec.shifts[1:], dtype=torch.float64))
 
     def levels(self) -> list[Tensor]:
         """``S + 1`` 0-d tensors: ``sigma_max``, the learned levels, 0."""
@@ -593,6 +604,7 @@ def learn_solver(
     spacing_init: Optional[Union[str, Sequence[str]]] = None,
     learn_grid: bool = True,
     learn_weights: bool = True,
+    init: Optional["LearnedSolver"] = None,
     grad: str = "autograd",
     shape: Optional[Sequence[int]] = None,
     meta: Optional[dict[str, Any]] = None,
@@ -623,6 +635,10 @@ def learn_solver(
         spacing_init: the built-in spacing(s) the grid starts from (default: the best of
             ``logsnr``, ``karras``, ``uniform_t``, ``quadratic``, ``trailing`` on the calibration objective).
         learn_grid, learn_weights: fit the timesteps (and the shifts) / the weights (both by default).
+        init: a fitted solver of the same model, NFE, base, history, corrector and shifts to start
+            from instead of the base on its best built-in spacing (to refine an artefact, e.g. with
+            another objective or more data; S4S-Alt-style alternation with ``learn_grid`` /
+            ``learn_weights``). Its grid and weights are then "iteration 0" and the ``base_*`` errors.
         grad: ``"autograd"`` or ``"checkpoint"`` (the driver's gradient mode).
         shape: sample shape for the fingerprint (default ``x_calibration.shape[1:]``).
         meta: extra metadata for the artefact (problem name, seeds, ...).
@@ -683,6 +699,23 @@ def learn_solver(
     for key, v in (("corrector", corrector), ("shift", shift)):
         if not isinstance(v, bool):
             raise ValueError(f"`{key}` must be True or False, got {v!r}.")
+    if init is not None:
+        if not isinstance(init, LearnedSolver):
+            raise TypeError("`init` must be a flowode LearnedSolver (e.g. load_learned(path)), got "
+                            f"{type(init).__name__}.")
+        fp = model_fingerprint_of(model, [int(v) for v in (shape if shape is not None else x_calibration.shape[1:])],
+                                  str(x_calibration.dtype).replace("torch.", ""))
+        if init.spec.fingerprint is not None and init.spec.fingerprint != fp:
+            raise ModelMismatchError(f"`init` was fitted to another model (fingerprint {init.spec.fingerprint[:12]}, "
+                                     f"this one {fp[:12]}): start from an artefact of this model, or leave `init` "
+                                     "unset.")
+        want = {"nfe": nfe, "base": base, "history": history, "corrector": corrector, "shift": shift}
+        have = {"nfe": init.spec.nfe, "base": init.spec.base, "history": init.spec.history,
+                "corrector": init.spec.corrector, "shift": init.spec.shifts is not None}
+        diff = [f"{k}={have[k]!r} (here {want[k]!r})" for k in want if want[k] != have[k]]
+        if diff:
+            raise ValueError(f"`init` does not match this fit: it has {', '.join(diff)}; pass the same options or "
+                             "leave `init` unset.")
     spec0 = LearnedSpec(base=base, history=history, nfe=nfe, sigmas=[], deltas=[[0.0] * history] * nfe,
                         corrector=corrector, corrector_deltas=[[0.0] * (history + 1)] * nfe if corrector else None)
 
@@ -701,11 +734,13 @@ def learn_solver(
         with torch.no_grad():
             return per_sample_errors(_solve(model, slv, xb, slv.sigmas), ref)
 
-    # the start: the base solver on its best built-in spacing (calibration objective)
-    spacings = [spacing_init] if isinstance(spacing_init, str) else list(
+    # the start: the base solver on its best built-in spacing (calibration objective), or `init`
+    spacings = [] if init is not None else [spacing_init] if isinstance(spacing_init, str) else list(
         spacing_init or ("logsnr", "karras", "uniform_t", "quadratic", "trailing"))
     tried: dict[str, float] = {}
     best: Optional[tuple[float, str, Tensor]] = None
+    if init is not None:
+        best = (math.nan, f"init ({init.path or 'a LearnedSolver'})", init.sigmas.to(torch.float64))
     for sp in spacings:
         try:
             g = sigma_grid(sched, nfe, sp)
@@ -720,10 +755,15 @@ def learn_solver(
     if best is None:
         raise GridError(f"none of the spacings {spacings} gives a full-range grid of {nfe} steps on this schedule.")
     _, init_spacing, g0 = best
-    base_slv = solver_on(g0)
+    if init is None:
+        base_slv = solver_on(g0)
+    else:
+        base_slv = solver_on(g0, init.spec.deltas, init.spec.corrector_deltas, init.spec.shifts)
     e_base_c, e_base_v = errors(base_slv, x_calibration, ref_c), errors(base_slv, x_validation, ref_v)
 
-    params = _Params(nfe, history, smin, smax, g0, corrector, shift)
+    params = _Params(nfe, history, smin, smax, g0, corrector, shift, last_floor=1e-2 if init is None else 1e-9)
+    if init is not None:
+        params.start_from(init.spec)
     trainable = (([params.u, params.z, params.shift] if learn_grid else [])
                  + ([params.delta, params.cdelta] if learn_weights else []))
     trainable = [p for p in trainable if p.numel() > 0]

@@ -261,6 +261,17 @@ def test_cli_learn_then_sample_and_bench(tmp_path, capsys):
     assert doc["version"] == 2 and doc["corrector"] is True and len(doc["corrector_deltas"]) == 3
     assert len(doc["shifts"]) == 3 and doc["shifts"][0] == 0.0
     assert doc["meta"]["calibration_seed"] != doc["meta"]["validation_seed"] and doc["meta"]["problem"] == "gmm2d"
+    # refined from the artefact with another objective; a mismatched --init is one line, exit 2
+    art2 = tmp_path / "g3_mse.json"
+    assert main(["learn", "--problem", "gmm2d", "--nfe", "3", "--out", str(art2), "--calibration", "32",
+                 "--validation", "32", "--iters", "5", "--corrector", "--shift", "--objective", "mse", "--init",
+                 str(art), "--quiet"]) == 0
+    assert json.loads(art2.read_text())["meta"]["init_spacing"].startswith("init (")
+    capsys.readouterr()
+    assert main(["learn", "--problem", "gmm2d", "--nfe", "3", "--out", str(art2), "--calibration", "32",
+                 "--validation", "32", "--iters", "5", "--init", str(art), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "`init` does not match" in err and len(err.strip().splitlines()) == 1
     assert main(["sample", "--problem", "gmm2d", "--solver", f"learned[path={art}]", "--nfe", "3", "--samples", "8",
                  "--out", str(tmp_path / "s.npy")]) == 0
     capsys.readouterr()
@@ -338,3 +349,41 @@ def test_digits_artefacts_load_and_match_the_shipped_model():
         assert "validation" in slv.spec.errors
         sol = flowode.sample(prob.model, x, nfe=slv.spec.nfe, solver=slv)  # the fingerprint check passes
         assert sol.nfe == slv.spec.nfe and torch.isfinite(sol.x).all()
+
+
+def test_init_starts_from_an_artefact(tmp_path, ring):
+    """``init``: iteration 0 is the given artefact exactly (its errors are the ``base_*`` ones, and with
+    no iterations the result is that solver); a refit from it never ends worse on validation."""
+    xc, xv = _prior(ring, 48, 1), _prior(ring, 48, 2)
+    first = learn_solver(ring, xc, xv, 4, corrector=True, iters=10, val_every=5)
+    path = tmp_path / "first.json"
+    first.save(path)
+    start = load_learned(path)
+    same = learn_solver(ring, xc, xv, 4, corrector=True, iters=0, init=start)
+    assert same.spec.sigmas == first.spec.sigmas
+    assert same.spec.deltas == first.spec.deltas and same.spec.corrector_deltas == first.spec.corrector_deltas
+    assert same.spec.errors["base_validation"] == pytest.approx(first.spec.errors["validation"], rel=1e-12)
+    # the reparameterisation reproduces the artefact's grid and weights to round-off
+    params = _Params(4, 2, float(ring.schedule.sigma_min), float(ring.schedule.sigma_max), start.sigmas, True,
+                     False, last_floor=1e-9)
+    params.start_from(start.spec)
+    got = torch.stack(params.levels())
+    assert torch.allclose(got, start.sigmas, rtol=1e-12, atol=0)
+    assert torch.allclose(params.corrector_deltas(), torch.tensor(start.spec.corrector_deltas, dtype=torch.float64),
+                          atol=1e-15)
+    refit = learn_solver(ring, xc, xv, 4, corrector=True, iters=10, val_every=5, objective="mse", init=start)
+    assert refit.spec.errors["validation"]["rmse"] <= refit.spec.errors["base_validation"]["rmse"]
+    assert refit.spec.meta["init_spacing"].startswith("init (")
+
+
+def test_init_must_match(ring, fitted):
+    xc, xv = _prior(ring, 16, 1), _prior(ring, 16, 2)
+    with pytest.raises(ValueError, match=r"`init` does not match this fit: it has corrector=False \(here True\)"):
+        learn_solver(ring, xc, xv, 4, corrector=True, iters=1, init=fitted)
+    with pytest.raises(ValueError, match=r"nfe=4 \(here 3\)"):
+        learn_solver(ring, xc, xv, 3, iters=1, init=fitted)
+    with pytest.raises(TypeError, match="`init` must be a flowode LearnedSolver"):
+        learn_solver(ring, xc, xv, 4, iters=1, init="file.json")
+    other = gmm_ring(radius=3.0).model(flowode.DiscreteVPSchedule.linear())
+    with pytest.raises(ModelMismatchError, match="`init` was fitted to another model"):
+        learn_solver(other, xc, xv, 4, iters=1, init=fitted)

@@ -44,13 +44,16 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> ar
     p.add_argument("--teacher-steps", type=int, default=None,
                    help="teacher = dpm_solver++_3m on this many logsnr steps instead of scipy DOP853 (for float32 "
                         "networks, e.g. 500 for digits)")
+    p.add_argument("--init", default=None, metavar="FILE",
+                   help="start from this artefact (same problem, NFE, base, history, --corrector, --shift) instead of "
+                        "the base solver on its best built-in spacing, e.g. to refine it with another --objective")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import get_problem
-    from ..learned import learn_solver, teacher_solve
+    from ..learned import learn_solver, load_learned, teacher_solve
 
     if args.calibration_seed == args.validation_seed:
         raise ValueError(f"`--validation-seed` must differ from `--calibration-seed` (both {args.calibration_seed}): "
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     for key in ("calibration", "validation"):
         if getattr(args, key) < 2:
             raise ValueError(f"`--{key}` must be at least 2, got {getattr(args, key)}.")
+    init = load_learned(args.init, check_model=False) if args.init else None
     prob = get_problem(args.problem)
     sched = prob.model.schedule
     smax = float(sched.sigma_max)
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     slv = learn_solver(prob.model, xc, xv, args.nfe, base=args.base, history=args.history, corrector=args.corrector,
                        shift=args.shift, reference_calibration=rc,
                        reference_validation=rv, objective=args.objective, iters=args.iters, lr=args.lr,
-                       shape=prob.shape, verbose=not args.quiet,
+                       shape=prob.shape, verbose=not args.quiet, init=init,
                        meta={"problem": args.problem, "calibration_seed": args.calibration_seed,
                              "validation_seed": args.validation_seed,
                              "teacher": f"dpm_solver++_3m, {args.teacher_steps} logsnr steps" if args.teacher_steps
