@@ -272,6 +272,9 @@ def test_cli_learn_then_sample_and_bench(tmp_path, capsys):
                  "--validation", "32", "--iters", "5", "--init", str(art), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "`init` does not match" in err and len(err.strip().splitlines()) == 1
+    assert main(["learn", "--problem", "gmm2d", "--nfe", "3", "--out", str(art2), "--init", str(tmp_path / "none.json"),
+                 "--quiet"]) == 2
+    assert "`--init`: no file" in capsys.readouterr().err
     assert main(["sample", "--problem", "gmm2d", "--solver", f"learned[path={art}]", "--nfe", "3", "--samples", "8",
                  "--out", str(tmp_path / "s.npy")]) == 0
     capsys.readouterr()

@@ -8,6 +8,7 @@ and ``flowode bench --solvers 'learned[path=FILE]' --nfe N``.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("calibration", "validation"):
         if getattr(args, key) < 2:
             raise ValueError(f"`--{key}` must be at least 2, got {getattr(args, key)}.")
+    if args.init and not os.path.isfile(args.init):
+        raise ValueError(f"`--init`: no file {args.init!r}; give an artefact written by `flowode learn --out`.")
     init = load_learned(args.init, check_model=False) if args.init else None
     prob = get_problem(args.problem)
     sched = prob.model.schedule
