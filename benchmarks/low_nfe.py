@@ -270,7 +270,8 @@ def best(rows: list[dict[str, Any]], nfe: int, libs: tuple[str, ...], metric: st
     return min(cand, key=lambda r: r[metric]) if cand else None
 
 
-def table(prob: str, rows: list[dict[str, Any]]) -> list[str]:
+def table(prob: str, rows: list[dict[str, Any]], modes: bool) -> list[str]:
+    """The markdown table; ``modes``: the problem is a mixture, so count the samples that switched mode."""
     objs = [o for o in ("log", "mse", "log+rmse") if any(r.get("learned") == o for r in rows)]
     lines = [f"**{prob}**: error against the teacher from the same test noise (RMSE / median per-sample error); "
              "`[name (spacing)]` is the best row of that library for that metric. flowode best = the better of its "
@@ -335,9 +336,9 @@ def table(prob: str, rows: list[dict[str, Any]]) -> list[str]:
                       "row with the best RMSE, and the learned solvers): " + "; ".join(parts) + "."]
     n_test = int(rows[0]["errors"].numel())
     lines += ["", f"In brackets after each ratio: its 90 % paired-bootstrap interval over the {n_test} test samples "
-                  f"({BOOTSTRAP} resamples, the two rows fixed). Samples with a per-sample error above {SWITCHED} "
-                  "(ended in another mode than the teacher's), RMSE winners, flowode / peers: "
-                  + "; ".join(tails) + "."]
+                  f"({BOOTSTRAP} resamples, the two rows fixed)."
+                  + (f" Samples with a per-sample error above {SWITCHED} (ended in another mode than the teacher's), "
+                     "RMSE winners, flowode / peers: " + "; ".join(tails) + "." if modes else "")]
     lines += ["", f"Target flowode best <= 0.5x the peers' best: met at {', '.join(met) or 'none'}; missed at "
                   f"{', '.join(missed) or 'none'}."]
     return lines
@@ -368,7 +369,7 @@ def main() -> None:
         rows += learned_rows(prob, data, refit=args.learn, objectives=objectives)
         with open(os.path.join(OUT, f"{name}_rows.json"), "w") as f:
             json.dump([{k: v for k, v in r.items() if k != "errors"} for r in rows], f, indent=1)
-        parts += table(name, rows) + [""]
+        parts += table(name, rows, modes=prob.mixture is not None) + [""]
         if TEACHER_STEPS.get(name) is not None:
             x32, ref32 = x_t[:32], ref_t[:32]
             fine = flowode.integrate(prob.model, x32, flowode.sigma_grid(prob.model.schedule, 1000, "logsnr"),

@@ -699,12 +699,15 @@ def learn_solver(
     for key, v in (("corrector", corrector), ("shift", shift)):
         if not isinstance(v, bool):
             raise ValueError(f"`{key}` must be True or False, got {v!r}.")
+    shape_list = [int(v) for v in (shape if shape is not None else x_calibration.shape[1:])]
+    dtype_name = str(x_calibration.dtype).replace("torch.", "")
     if init is not None:
+        if spacing_init is not None:
+            raise ValueError(f"`spacing_init`={spacing_init!r} and `init` both choose the start of the fit; give one.")
         if not isinstance(init, LearnedSolver):
             raise TypeError("`init` must be a flowode LearnedSolver (e.g. load_learned(path)), got "
                             f"{type(init).__name__}.")
-        fp = model_fingerprint_of(model, [int(v) for v in (shape if shape is not None else x_calibration.shape[1:])],
-                                  str(x_calibration.dtype).replace("torch.", ""))
+        fp = model_fingerprint_of(model, shape_list, dtype_name)
         if init.spec.fingerprint is not None and init.spec.fingerprint != fp:
             raise ModelMismatchError(f"`init` was fitted to another model (fingerprint {init.spec.fingerprint[:12]}, "
                                      f"this one {fp[:12]}): start from an artefact of this model, or leave `init` "
@@ -810,8 +813,7 @@ def learn_solver(
     spec = best_slv.spec
     spec.errors = {"calibration": _summary(e_c), "validation": _summary(e_v),
                    "base_calibration": _summary(e_base_c), "base_validation": _summary(e_base_v)}
-    spec.shape = [int(v) for v in (shape if shape is not None else x_calibration.shape[1:])]
-    spec.dtype = str(x_calibration.dtype).replace("torch.", "")
+    spec.shape, spec.dtype = shape_list, dtype_name
     spec.fingerprint = model_fingerprint_of(model, spec.shape, spec.dtype)
     spec.meta = {"objective": objective, "corrector": corrector, "shift": shift,
                  "iters_run": it, "lr": lr, "val_every": val_every, "patience": patience,

@@ -385,6 +385,8 @@ def test_init_must_match(ring, fitted):
         learn_solver(ring, xc, xv, 4, corrector=True, iters=1, init=fitted)
     with pytest.raises(ValueError, match=r"nfe=4 \(here 3\)"):
         learn_solver(ring, xc, xv, 3, iters=1, init=fitted)
+    with pytest.raises(ValueError, match="`spacing_init`='logsnr' and `init` both choose"):
+        learn_solver(ring, xc, xv, 4, iters=1, init=fitted, spacing_init="logsnr")
     with pytest.raises(TypeError, match="`init` must be a flowode LearnedSolver"):
         learn_solver(ring, xc, xv, 4, iters=1, init="file.json")
     other = gmm_ring(radius=3.0).model(flowode.DiscreteVPSchedule.linear())
