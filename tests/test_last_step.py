@@ -1,9 +1,10 @@
 """The last step to sigma = 0 without the floor: ``last_step=`` on every solver (docs/grids.md)."""
 
-import hashlib
+import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,29 +107,25 @@ def test_cli_last_step(tmp_path):
 
 
 # today's outputs (flowode at 561edf0, before last_step existed) of sample(gmm_ring model, x, 8 steps, logsnr,
-# seed=0): last_step="jump" must reproduce them bitwise. The multistep solvers that issue 15 item 4 changes
-# (plms, ipndm, unipc, deis, adams_bashforth) are checked structurally below instead.
-TODAY = {"ddim": "3157eefb33face8f", "ddpm": "70ea80d24137b823", "dpm_solver++_2m": "3482a0d25fd1cdff",
-         "dpm_solver++_2s": "cc5e7571cd178e2e", "dpm_solver++_3m": "8feb3ed0f12d9ef3",
-         "dpm_solver_2": "9606ee2106e5f859", "dpm_solver_3": "0ecf20fd65a0b22e", "euler": "bb586d16ad3379fd",
-         "euler_ancestral": "4c8c3fdf50e95418", "heun": "0df505f39781bb43", "midpoint": "afcb799cae92d81f",
-         "rk4": "23f85fd5ea722db8", "edm_stochastic": "fefefb4fd035e3f3"}
+# seed=0), stored as exact float64 values: last_step="jump" must reproduce them to round-off. On the CPU that
+# wrote them the match is bitwise; another CPU's vector exp/log differ in the last bits (CI on a different x86
+# read other SHA-1 digests), so the check is |difference| <= 1e-12 (the values are O(1)). The multistep solvers
+# that issue 15 item 4 changes (plms, ipndm, unipc, deis, adams_bashforth) are checked structurally below instead.
+TODAY = json.loads((Path(__file__).parent / "data" / "last_step_today.json").read_text())["x"]
 
 
-def _digest(x):
-    return hashlib.sha1(x.numpy().tobytes()).hexdigest()[:16]
-
-
-def test_jump_is_todays_output_bitwise():
+def test_jump_is_todays_output_to_round_off():
     torch.set_default_dtype(torch.float64)
     try:
         model = gmm_ring().model(SCHED)
         x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        for name, digest in TODAY.items():
-            assert _digest(flowode.sample(model, x, 8, solver=name, spacing="logsnr", seed=0, last_step="jump").x) \
-                == digest, name
-        sol = flowode.sample(model, x, 1, solver="dopri5", rtol=1e-4, atol=1e-4, last_step="jump")
-        assert _digest(sol.x) == "b3ebda1e2aafb886"
+        for name, values in TODAY.items():
+            if name == "dopri5":
+                sol = flowode.sample(model, x, 1, solver="dopri5", rtol=1e-4, atol=1e-4, last_step="jump")
+            else:
+                sol = flowode.sample(model, x, 8, solver=name, spacing="logsnr", seed=0, last_step="jump")
+            err = float((sol.x.flatten() - torch.tensor(values, dtype=torch.float64)).abs().max())
+            assert err <= 1e-12, (name, err)
     finally:
         torch.set_default_dtype(torch.float32)
     # every solver whose last step the driver takes: jump = the denoised estimate at the last level, bitwise
