@@ -24,10 +24,10 @@ batch) with each objective: ``log`` (mean per-sample log-error: the typical samp
 tail of mode-switching samples) and, on aniso32, ``log+rmse`` (both). ``aniso32``: four fits per
 objective, the one with the best validation objective kept: 150 Adam iterations at most (lr 0.05)
 with and without the learned UniC-type corrector (``corrector=True``), and 300 (lr 0.02, patience
-12) with the corrector from the ``uniform_t`` and from the ``trailing`` grid; cached in
-``benchmarks/out/low_nfe/``. ``digits``: with the corrector, 150 iterations at most (lr 0.01,
-patience 10; 96 calibration images), shipped as ``benchmarks/learned/digits_nfe*_*.json``. Fitted by
-``--learn``, read from those files otherwise.
+12) with the corrector from the ``uniform_t`` and from the ``trailing`` grid. ``digits``: with the
+corrector, 150 iterations at most (lr 0.01, patience 10; 96 calibration images). Shipped as
+``benchmarks/learned/{aniso32,digits}_nfe*_*.json``; fitted by ``--learn`` (or where a file is
+missing), read from those files otherwise.
 
 Methods (the best of each library by the metric of the column, picked on the test batch itself --
 which favours the built-in and peer rows; the learned rows were selected on the validation batch;
@@ -247,7 +247,8 @@ def learned_rows(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor
     x_t, ref_t = data["test"]
     for nfe in NFES:
         for objective in objectives:
-            path = os.path.join(LEARNED if prob.name == "digits" else OUT, f"{prob.name}_nfe{nfe}_{objective}.json")
+            path = os.path.join(LEARNED if prob.name in ("aniso32", "digits") else OUT,
+                                f"{prob.name}_nfe{nfe}_{objective}.json")
             if refit or not os.path.exists(path):
                 fit_learned(prob, data, nfe, objective, path)
             slv = load_learned(path)
@@ -346,7 +347,7 @@ def table(prob: str, rows: list[dict[str, Any]], modes: bool) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--learn", action="store_true", help="refit the learned solvers (digits: benchmarks/learned/)")
+    ap.add_argument("--learn", action="store_true", help="refit the learned solvers (written to benchmarks/learned/)")
     ap.add_argument("--objectives", default=None,
                     help="learned-solver objectives (default per problem: aniso32 log,mse,log+rmse; digits log,mse; "
                          "others: development runs, no section written)")

@@ -354,6 +354,27 @@ def test_digits_artefacts_load_and_match_the_shipped_model():
         assert sol.nfe == slv.spec.nfe and torch.isfinite(sol.x).all()
 
 
+def test_aniso32_artefacts_load_and_match_the_benchmark_mixture():
+    """The shipped aniso32 artefacts (benchmarks/low_nfe.py) run on the mixture that benchmark defines."""
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    files = sorted((bench / "learned").glob("aniso32_nfe*.json"))
+    assert len(files) == 9, f"the nine shipped aniso32 artefacts are missing from {bench / 'learned'}: {files}"
+    spec = importlib.util.spec_from_file_location("low_nfe", bench / "low_nfe.py")
+    assert spec is not None and spec.loader is not None
+    low_nfe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(low_nfe)
+    prob = low_nfe.aniso32()
+    x = prob.prior(4, float(prob.model.schedule.sigma_max), 0)
+    for f in files:
+        slv = load_learned(f)
+        assert {"calibration", "validation"} <= set(slv.spec.errors)
+        sol = flowode.sample(prob.model, x, nfe=slv.spec.nfe, solver=slv)  # the fingerprint check passes
+        assert sol.nfe == slv.spec.nfe and torch.isfinite(sol.x).all()
+
+
 def test_init_starts_from_an_artefact(tmp_path, ring):
     """``init``: iteration 0 is the given artefact exactly (its errors are the ``base_*`` ones, and with
     no iterations the result is that solver); a refit from it never ends worse on validation."""
