@@ -86,6 +86,8 @@ LEARN = {"aniso32": [{"iters": 150}, {"iters": 150, "corrector": True}, {**_LONG
                      {**_LONG, "spacing_init": "trailing"}],
          "digits": [{"iters": 150, "corrector": True, "lr": 0.01, "patience": 10}]}
 TEACHER_STEPS = {"aniso32": None, "digits": 500}
+#: the problems of the headline section; their learned artefacts are shipped in ``benchmarks/learned/``
+HEADLINE = ("aniso32", "digits")
 OBJECTIVES = {"aniso32": ("log", "mse", "log+rmse"), "digits": ("log", "mse")}
 FLOWODE = ("ipndm", "dpm_solver++_2m", "dpm_solver++_3m", "unipc", "deis")
 SPACINGS = ("logsnr", "karras", "uniform_t", "trailing")
@@ -247,7 +249,7 @@ def learned_rows(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor
     x_t, ref_t = data["test"]
     for nfe in NFES:
         for objective in objectives:
-            path = os.path.join(LEARNED if prob.name in ("aniso32", "digits") else OUT,
+            path = os.path.join(LEARNED if prob.name in HEADLINE else OUT,
                                 f"{prob.name}_nfe{nfe}_{objective}.json")
             if refit or not os.path.exists(path):
                 fit_learned(prob, data, nfe, objective, path)
@@ -351,7 +353,7 @@ def main() -> None:
     ap.add_argument("--objectives", default=None,
                     help="learned-solver objectives (default per problem: aniso32 log,mse,log+rmse; digits log,mse; "
                          "others: development runs, no section written)")
-    ap.add_argument("--problems", default="aniso32,digits", help="problems (others than the two: development runs, "
+    ap.add_argument("--problems", default=",".join(HEADLINE), help="problems (others than the two: development runs, "
                                                                    "no section written)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -391,13 +393,14 @@ def main() -> None:
                          f"({r['base_val_rmse']:.2e} / "
                          f"{r['base_val_median']:.2e})" for r in lr) + f"; {time.time() - t0:.0f} s for this problem.")
     print("\n".join(parts + notes))
-    if args.problems != "aniso32,digits" or args.objectives is not None:
+    if args.problems != ",".join(HEADLINE) or args.objectives is not None:
         return
     cmd = "python benchmarks/low_nfe.py" + (" --learn" if args.learn else "")
     text = ["# Low-NFE headline: flowode's best and learned solvers vs diffusers and k-diffusion (issue 15)", "",
             "Command:", "", "```", cmd, "```", "",
             __doc__.split("\n\n", 1)[1].split("Usage::")[0].strip(), "", *parts, *[f"- {n}" for n in notes],
-            f"- total {time.time() - t_start:.0f} s on the 2-core build machine (teachers cached in benchmarks/out/).",
+            f"- total {time.time() - t_start:.0f} s on the 2-core build machine "
+            "(teachers: solved on the first run, then read from benchmarks/out/).",
             ""]
     with open(os.path.join(HERE, "sections", "low_nfe.md"), "w") as f:
         f.write("\n".join(text))
