@@ -232,10 +232,14 @@ def fit_learned(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]
     best = None
     configs = list(LEARN.get(prob.name, LEARN["aniso32"]))
     source = REFINE_FROM.get(prob.name, {}).get(objective)
-    if source is not None:
-        src = load_learned(os.path.join(os.path.dirname(path), f"{prob.name}_nfe{nfe}_{source}.json"))
-        configs.append({"iters": 150, "lr": 0.01, "patience": 10, "corrector": src.spec.corrector,
-                        "shift": src.spec.shifts is not None, "init": src})
+    src_path = os.path.join(os.path.dirname(path), f"{prob.name}_nfe{nfe}_{source}.json") if source else None
+    if src_path is not None and not os.path.exists(src_path):
+        print(f"  no {os.path.relpath(src_path, HERE)} to refine from (fit objective {source!r} first); skipped")
+    elif src_path is not None:
+        src = load_learned(src_path)
+        first = {k: v for k, v in configs[0].items() if k != "spacing_init"}  # the start is the artefact
+        configs.append({**first, "corrector": src.spec.corrector, "shift": src.spec.shifts is not None,
+                        "init": src})
     for cfg in configs:
         t0 = time.time()
         slv = learn_solver(prob.model, xc, xv, nfe, reference_calibration=rc, reference_validation=rv,
