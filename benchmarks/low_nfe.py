@@ -238,20 +238,23 @@ def fit_learned(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]
     elif src_path is not None:
         src = load_learned(src_path)
         first = {k: v for k, v in configs[0].items() if k != "spacing_init"}  # the start is the artefact
+        rel = os.path.relpath(src_path, os.path.dirname(HERE))  # repo-relative: no machine path in the artefact
         configs.append({**first, "corrector": src.spec.corrector, "shift": src.spec.shifts is not None,
-                        "init": src})
+                        "init": src, "meta": {"init_spacing": f"init ({rel})", "refined_from": rel}})
     for cfg in configs:
         t0 = time.time()
+        cfg = dict(cfg)
+        extra = cfg.pop("meta", {})
         slv = learn_solver(prob.model, xc, xv, nfe, reference_calibration=rc, reference_validation=rv,
                            shape=prob.shape, objective=objective, **cfg,
-                           meta={"problem": prob.name, "calibration_seed": SEEDS["calibration"],
+                           meta={**extra, "problem": prob.name, "calibration_seed": SEEDS["calibration"],
                                  "validation_seed": SEEDS["validation"],
                                  "teacher": "exact flow (scipy DOP853, rtol 1e-10)"
                                  if TEACHER_STEPS.get(prob.name) is None
                                  else f"dpm_solver++_3m, {TEACHER_STEPS[prob.name]} logsnr steps"})
         ev = slv.spec.errors["validation"]
         val = {"log": ev["log_mean"], "mse": ev["rmse"], "log+rmse": ev["log_mean"] + math.log(ev["rmse"])}[objective]
-        shown = {k: (f"{source} artefact" if k == "init" else v) for k, v in cfg.items()}
+        shown = {**{k: v for k, v in cfg.items() if k != "init"}, **({"init": extra["refined_from"]} if extra else {})}
         print(f"  learned {prob.name} NFE {nfe} ({objective}, {shown}): {time.time() - t0:.0f} s, validation "
               f"objective {val:.4g}")
         if best is None or val < best[0]:
@@ -276,7 +279,7 @@ def learned_rows(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor
             e = slv.spec.errors
             rows.append({"lib": "flowode", "method": f"learned ({objective})", "learned": objective, "nfe": nfe,
                          "corrector": slv.spec.corrector, "shift": slv.spec.shifts is not None,
-                         "refined": str(slv.spec.meta.get("init_spacing", "")).startswith("init"),
+                         "refined": "refined_from" in slv.spec.meta,
                          "nfe_used": sol.nfe, **summary(sol.x, ref_t, prob.name == "digits"),
                          "cal_rmse": e["calibration"]["rmse"], "val_rmse": e["validation"]["rmse"],
                          "cal_median": e["calibration"]["median"], "val_median": e["validation"]["median"],
