@@ -19,15 +19,16 @@ Noise: calibration seed 1001, validation seed 2002, test seed 0 (each a separate
 in the table runs on the test batch). Sizes: aniso32 2048 / 2048 / 8192 (its RMSE is a rate of
 samples that end in another component than the teacher's, a few per thousand at NFE 10-20: on 512
 test samples it was decided by 1-5 of them), digits 96 / 96 / 192. Learned solvers
-(``flowode.learn_solver``, base ``dpm_solver++_2m``, history 2, model selection on the validation
+(``flowode.learn_solver``, base ``dpm_solver++_2m``, history 2 unless stated, model selection on the validation
 batch) with each objective: ``log`` (mean per-sample log-error: the typical sample), ``mse`` (the
 tail of mode-switching samples) and, on aniso32, ``log+rmse`` (both). ``aniso32``: four fits per
 objective, the one with the best validation objective kept: 150 Adam iterations at most (lr 0.05)
 with and without the learned UniC-type corrector (``corrector=True``), and 300 (lr 0.02, patience
 12) with the corrector from the ``uniform_t`` and from the ``trailing`` grid. ``digits``: with the
 corrector, 150 iterations at most (lr 0.01, patience 10; 96 calibration images), with and without
-learned shifts of the network's input level (``shift=True``); the ``mse`` fits are also started from
-the ``log`` artefact of the same NFE (``init=``). Shipped as
+learned shifts of the network's input level (``shift=True``), and at NFE 5 also with the shifts and the
+last 4 predictions combined per step (``history=4``); the ``mse`` fits are also started from the
+``log`` artefact of the same NFE (``init=``). Shipped as
 ``benchmarks/learned/{aniso32,digits}_nfe*_*.json``; fitted by ``--learn`` (or where a file is
 missing), read from those files otherwise.
 
@@ -44,6 +45,7 @@ full-range runs only):
 Usage::
 
     python benchmarks/low_nfe.py --learn    # fit every learned solver (~50 minutes on 2 cores: digits 33, aniso32 15)
+    python benchmarks/low_nfe.py --problems digits --learn --learn-nfes 5   # refit only these artefacts
     python benchmarks/low_nfe.py            # -> benchmarks/sections/low_nfe.md from the fitted artefacts
 """
 
@@ -80,6 +82,9 @@ SEEDS = {"calibration": 1001, "validation": 2002, "test": 0}
 SIZES = {"aniso32": {"calibration": 2048, "validation": 2048, "test": 8192},
          "digits": {"calibration": 96, "validation": 96, "test": 192}}
 #: the fitting configurations tried per problem; per objective the one with the best validation objective is kept
+#: (a configuration with ``nfes`` is tried only at those NFEs: on digits, combining the last 4 predictions
+#: instead of 2 moved the NFE 5 fit -- validation RMSE / median 7.0e-2 / 5.8e-2 against 7.7e-2 / 6.8e-2 --
+#: but not the NFE 10 one, 3.5e-2 / 1.8e-2 against 3.6e-2 / 1.7e-2, at 1.5x the cost)
 #: aniso32 also starts long fits with the corrector from ``uniform_t`` and ``trailing``: their dense
 #: high-sigma steps are where the mixture component is decided (the tail that RMSE measures), and a
 #: short fit from the log-optimal start does not move its steps there
@@ -87,7 +92,9 @@ _LONG = {"iters": 300, "lr": 0.02, "patience": 12, "corrector": True}
 LEARN = {"aniso32": [{"iters": 150}, {"iters": 150, "corrector": True}, {**_LONG, "spacing_init": "uniform_t"},
                      {**_LONG, "spacing_init": "trailing"}],
          "digits": [{"iters": 150, "corrector": True, "lr": 0.01, "patience": 10},
-                    {"iters": 150, "corrector": True, "lr": 0.01, "patience": 10, "shift": True}]}
+                    {"iters": 150, "corrector": True, "lr": 0.01, "patience": 10, "shift": True},
+                    {"iters": 150, "corrector": True, "lr": 0.01, "patience": 10, "shift": True, "history": 4,
+                     "nfes": (5,)}]}
 #: objectives whose fits are also started from the same NFE's artefact of another objective (fitted
 #: first): on digits the ``mse`` fit from its own best built-in start ends above the ``log`` artefact's
 #: validation RMSE (NFE 10: 6.3e-2 against 3.8e-2), so it is also refined from that artefact
@@ -224,13 +231,20 @@ def peer_rows(prob: Problem, x: torch.Tensor, ref: torch.Tensor) -> list[dict[st
     return rows
 
 
+def configs_for(name: str, nfe: int) -> list[dict[str, Any]]:
+    """The fitting configurations of ``LEARN[name]`` (aniso32's for another problem) tried at ``nfe``: a
+    configuration with an ``nfes`` key only at those NFEs."""
+    return [{k: v for k, v in c.items() if k != "nfes"} for c in LEARN.get(name, LEARN["aniso32"])
+            if nfe in c.get("nfes", NFES)]
+
+
 def fit_learned(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]], nfe: int, objective: str,
                 path: str) -> None:
     """Fit every configuration of ``LEARN[prob.name]``; keep (write to ``path``) the one with the best
     validation objective (``log``: mean log-error, ``mse``: RMSE) -- the test batch plays no part."""
     (xc, rc), (xv, rv) = data["calibration"], data["validation"]
     best = None
-    configs = list(LEARN.get(prob.name, LEARN["aniso32"]))
+    configs = configs_for(prob.name, nfe)
     source = REFINE_FROM.get(prob.name, {}).get(objective)
     src_path = os.path.join(os.path.dirname(path), f"{prob.name}_nfe{nfe}_{source}.json") if source else None
     if src_path is not None and not os.path.exists(src_path):
@@ -240,7 +254,8 @@ def fit_learned(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]
         first = {k: v for k, v in configs[0].items() if k != "spacing_init"}  # the start is the artefact
         rel = os.path.relpath(src_path, os.path.dirname(HERE))  # repo-relative: no machine path in the artefact
         configs.append({**first, "corrector": src.spec.corrector, "shift": src.spec.shifts is not None,
-                        "init": src, "meta": {"init_spacing": f"init ({rel})", "refined_from": rel}})
+                        "history": src.spec.history, "init": src,
+                        "meta": {"init_spacing": f"init ({rel})", "refined_from": rel}})
     for cfg in configs:
         t0 = time.time()
         cfg = dict(cfg)
@@ -265,20 +280,23 @@ def fit_learned(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]
 
 
 def learned_rows(prob: Problem, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 refit: bool, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+                 refit: tuple[int, ...], objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The learned solvers' rows on the test batch; ``refit``: the NFEs whose artefacts are fitted anew
+    (the others are read from their files, and fitted only where a file is missing)."""
     rows = []
     x_t, ref_t = data["test"]
     for nfe in NFES:
         for objective in objectives:
             path = os.path.join(LEARNED if prob.name in HEADLINE else OUT,
                                 f"{prob.name}_nfe{nfe}_{objective}.json")
-            if refit or not os.path.exists(path):
+            if nfe in refit or not os.path.exists(path):
                 fit_learned(prob, data, nfe, objective, path)
             slv = load_learned(path)
             sol = flowode.sample(prob.model, x_t, nfe=nfe, solver=slv)
             e = slv.spec.errors
             rows.append({"lib": "flowode", "method": f"learned ({objective})", "learned": objective, "nfe": nfe,
                          "corrector": slv.spec.corrector, "shift": slv.spec.shifts is not None,
+                         "history": slv.spec.history,
                          "refined": "refined_from" in slv.spec.meta,
                          "nfe_used": sol.nfe, **summary(sol.x, ref_t, prob.name == "digits"),
                          "cal_rmse": e["calibration"]["rmse"], "val_rmse": e["validation"]["rmse"],
@@ -372,6 +390,8 @@ def table(prob: str, rows: list[dict[str, Any]], modes: bool) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--learn", action="store_true", help="refit the learned solvers (written to benchmarks/learned/)")
+    ap.add_argument("--learn-nfes", default=",".join(map(str, NFES)),
+                    help="with --learn: the NFEs whose artefacts are refitted (default: all; the others are read)")
     ap.add_argument("--objectives", default=None,
                     help="learned-solver objectives (default per problem: aniso32 log,mse,log+rmse; digits log,mse; "
                          "others: development runs, no section written)")
@@ -382,6 +402,12 @@ def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(LEARNED, exist_ok=True)
     t_start = time.time()
+    try:
+        refit = tuple(int(n) for n in args.learn_nfes.split(",")) if args.learn else ()
+    except ValueError:
+        ap.error(f"--learn-nfes {args.learn_nfes!r}: give a comma-separated subset of {','.join(map(str, NFES))}")
+    if not set(refit) <= set(NFES):
+        ap.error(f"--learn-nfes {args.learn_nfes!r}: the table's NFEs are {','.join(map(str, NFES))}; give a subset")
     notes, parts = [], []
     for name in args.problems.split(","):
         t0 = time.time()
@@ -391,7 +417,7 @@ def main() -> None:
         x_t, ref_t = data["test"]
         rows = builtin_rows(prob, x_t, ref_t) + peer_rows(prob, x_t, ref_t)
         objectives = tuple(args.objectives.split(",")) if args.objectives else OBJECTIVES.get(name, ("log", "mse"))
-        rows += learned_rows(prob, data, refit=args.learn, objectives=objectives)
+        rows += learned_rows(prob, data, refit=refit, objectives=objectives)
         with open(os.path.join(OUT, f"{name}_rows.json"), "w") as f:
             json.dump([{k: v for k, v in r.items() if k != "errors"} for r in rows], f, indent=1)
         parts += table(name, rows, modes=prob.mixture is not None) + [""]
@@ -410,16 +436,19 @@ def main() -> None:
         lr = [r for r in rows if "learned" in r]
         notes.append(f"{name}: learned artefacts (validation RMSE / median; in brackets the start of the fit: "
                      "dpm_solver++_2m, or for a fit with the corrector (marked C) unipc[predictor=dpm_solver++], on "
-                     "its best built-in spacing; S: with learned input-level shifts; R: refined from the same NFE's "
+                     "its best built-in spacing; S: with learned input-level shifts; H<K>: combining the last K "
+                     "predictions (2 where not marked); R: refined from the same NFE's "
                      "artefact of another objective, whose errors the brackets then give): " + ", ".join(
                          f"`{r['path']}`{' (C)' if r['corrector'] else ''}{' (S)' if r['shift'] else ''}"
+                         f"{'' if r['history'] == 2 else ' (H%d)' % r['history']}"
                          f"{' (R)' if r['refined'] else ''} {r['val_rmse']:.2e} / {r['val_median']:.2e} "
                          f"({r['base_val_rmse']:.2e} / "
                          f"{r['base_val_median']:.2e})" for r in lr) + f"; {time.time() - t0:.0f} s for this problem.")
     print("\n".join(parts + notes))
     if args.problems != ",".join(HEADLINE) or args.objectives is not None:
         return
-    cmd = "python benchmarks/low_nfe.py" + (" --learn" if args.learn else "")
+    cmd = "python benchmarks/low_nfe.py" + (" --learn" if args.learn else "") + (
+        f" --learn-nfes {args.learn_nfes}" if args.learn and refit != NFES else "")
     text = ["# Low-NFE headline: flowode's best and learned solvers vs diffusers and k-diffusion (issue 15)", "",
             "Command:", "", "```", cmd, "```", "",
             __doc__.split("\n\n", 1)[1].split("Usage::")[0].strip(), "", *parts, *[f"- {n}" for n in notes],

@@ -358,20 +358,41 @@ def _artefacts_run_on(files, model, x):
         assert sol.nfe == slv.spec.nfe and torch.isfinite(sol.x).all()
 
 
+def _low_nfe():
+    """benchmarks/low_nfe.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("low_nfe", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "low_nfe.py")
+    assert spec is not None and spec.loader is not None
+    low_nfe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(low_nfe)
+    return low_nfe
+
+
 def test_aniso32_artefacts_load_and_match_the_benchmark_mixture():
     """The shipped aniso32 artefacts (benchmarks/low_nfe.py) run on the mixture that benchmark defines."""
-    import importlib.util
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     files = sorted((bench / "learned").glob("aniso32_nfe*.json"))
     assert len(files) == 9, f"the nine shipped aniso32 artefacts are missing from {bench / 'learned'}: {files}"
-    spec = importlib.util.spec_from_file_location("low_nfe", bench / "low_nfe.py")
-    assert spec is not None and spec.loader is not None
-    low_nfe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(low_nfe)
-    prob = low_nfe.aniso32()
+    prob = _low_nfe().aniso32()
     _artefacts_run_on(files, prob.model, prob.prior(4, float(prob.model.schedule.sigma_max), 0))
+
+
+def test_benchmark_configurations_per_nfe():
+    """A fitting configuration of benchmarks/low_nfe.py with ``nfes`` is tried only at those NFEs, and the
+    key does not reach ``learn_solver``."""
+    low_nfe = _low_nfe()
+    for name in ("digits", "aniso32"):
+        for nfe in low_nfe.NFES:
+            configs = low_nfe.configs_for(name, nfe)
+            want = [c for c in low_nfe.LEARN[name] if nfe in c.get("nfes", low_nfe.NFES)]
+            assert len(configs) == len(want) and all("nfes" not in c for c in configs)
+    assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 5)] == [2, 2, 4]
+    assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 10)] == [2, 2]
 
 
 def test_init_starts_from_an_artefact(tmp_path, ring):
