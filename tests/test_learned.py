@@ -393,6 +393,22 @@ def test_benchmark_configurations_per_nfe():
             assert len(configs) == len(want) and all("nfes" not in c for c in configs)
     assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 5)] == [2, 2, 4]
     assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 10)] == [2, 2]
+    assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 20)] == [2, 2, 4]
+
+
+@pytest.mark.parametrize("argv, says", [(["--learn-nfes", "5"], "needs --learn"),
+                                        (["--learn", "--learn-nfes", "5,x"], "comma-separated subset"),
+                                        (["--learn", "--learn-nfes", "7"], "give a subset")])
+def test_benchmark_learn_nfes_errors(monkeypatch, capsys, argv, says):
+    """``--learn-nfes`` without ``--learn`` (it would be ignored) or with NFEs outside the table is a
+    one-line usage error naming the value, before anything is solved."""
+    low_nfe = _low_nfe()
+    monkeypatch.setattr("sys.argv", ["low_nfe.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+        low_nfe.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--learn-nfes" in err and says in err
 
 
 def test_init_starts_from_an_artefact(tmp_path, ring):
