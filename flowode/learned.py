@@ -578,6 +578,32 @@ def load_learned(path: Union[str, os.PathLike], *, check_model: bool = True) -> 
 
 
 # ------------------------------------------------------------------------------------------ fitting
+def _is_start(v: Any) -> bool:
+    """One start of the fit (a spacing name or an explicit grid) rather than a list of them."""
+    return isinstance(v, (str, Tensor)) or (isinstance(v, (list, tuple)) and len(v) > 0
+                                            and all(isinstance(e, (int, float)) for e in v))
+
+
+def _start_grid(grid: Any, nfe: int, smax: float, smin: float) -> Tensor:
+    """An explicit start grid of ``spacing_init``, checked: ``nfe + 1`` strictly decreasing levels
+    from ``sigma_max`` to 0, the last nonzero one at least ``sigma_min``."""
+    try:
+        g = torch.as_tensor(grid, dtype=torch.float64).detach().flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"`spacing_init` entry {grid!r}: give a spacing name or a grid (a sequence of "
+                         "floats).") from None
+    ok = (len(g) == nfe + 1 and bool(torch.isfinite(g).all()) and abs(float(g[0]) - smax) <= 1e-9 * smax
+          and float(g[-1]) == 0.0 and bool((g[1:] < g[:-1]).all()) and (nfe == 1 or float(g[-2]) >= smin * (1 - 1e-12)))
+    if not ok:
+        shown = ", ".join(f"{v:.4g}" for v in g.tolist())
+        raise ValueError(f"`spacing_init` grid ({shown}): a start grid needs {nfe + 1} strictly decreasing levels "
+                         f"from sigma_max = {smax:.6g} to 0, the last nonzero one >= sigma_min = {smin:.4g} (e.g. "
+                         f"flowode.sigma_grid(schedule, {nfe}, 'logsnr', sigma_min=...)).")
+    g = g.clone()
+    g[0] = smax  # exactly: the fit's levels start at sigma_max, and so does the start state
+    return g
+
+
 def _solve(model: "EpsilonModel", slv: Stepper, x: Tensor, grid: Tensor, grad: Optional[str] = None) -> Tensor:
     from .integrate import integrate
 
@@ -601,7 +627,7 @@ def learn_solver(
     lr: float = 0.05,
     val_every: int = 5,
     patience: int = 6,
-    spacing_init: Optional[Union[str, Sequence[str]]] = None,
+    spacing_init: Optional[Union[str, Tensor, Sequence[Union[str, Tensor, Sequence[float]]]]] = None,
     learn_grid: bool = True,
     learn_weights: bool = True,
     init: Optional["LearnedSolver"] = None,
@@ -632,8 +658,12 @@ def learn_solver(
         iters, lr: Adam iterations and initial step size (cosine decay to ``lr / 20``).
         val_every, patience: validation period (iterations) and how many validations without
             improvement stop the fit.
-        spacing_init: the built-in spacing(s) the grid starts from (default: the best of
-            ``logsnr``, ``karras``, ``uniform_t``, ``quadratic``, ``trailing`` on the calibration objective).
+        spacing_init: the built-in spacing(s) the grid starts from, or explicit start grids
+            (``nfe + 1`` decreasing levels from ``sigma_max`` to 0, e.g. ``sigma_grid(schedule, nfe,
+            "logsnr", sigma_min=0.05)``), the best on the calibration objective kept (default: the best
+            of ``logsnr``, ``karras``, ``uniform_t``, ``quadratic``, ``trailing``). The timesteps move
+            little from their start in a fit (Adam at ``lr`` on the softmax parameters), so on a rugged
+            objective separate fits from several starts, compared on validation, can beat one fit.
         learn_grid, learn_weights: fit the timesteps (and the shifts) / the weights (both by default).
         init: a fitted solver of the same model, NFE, base, history, corrector and shifts to start
             from instead of the base on its best built-in spacing (to refine an artefact, e.g. with
@@ -738,23 +768,28 @@ def learn_solver(
             return per_sample_errors(_solve(model, slv, xb, slv.sigmas), ref)
 
     # the start: the base solver on its best built-in spacing (calibration objective), or `init`
-    spacings = [] if init is not None else [spacing_init] if isinstance(spacing_init, str) else list(
+    spacings = [] if init is not None else [spacing_init] if _is_start(spacing_init) else list(
         spacing_init or ("logsnr", "karras", "uniform_t", "quadratic", "trailing"))
     tried: dict[str, float] = {}
     best: Optional[tuple[float, str, Tensor]] = None
     if init is not None:
         best = (math.nan, f"init ({init.path or 'a LearnedSolver'})", init.sigmas.to(torch.float64))
     for sp in spacings:
-        try:
-            g = sigma_grid(sched, nfe, sp)
-        except (GridError, ValueError):
-            continue
-        if abs(float(g[0]) - smax) > 1e-9 * smax or float(g[-1]) != 0.0 or len(g) != nfe + 1:
-            continue
+        if isinstance(sp, str):
+            try:
+                g = sigma_grid(sched, nfe, sp)
+            except (GridError, ValueError):
+                continue
+            if abs(float(g[0]) - smax) > 1e-9 * smax or float(g[-1]) != 0.0 or len(g) != nfe + 1:
+                continue
+            label = sp
+        else:
+            g = _start_grid(sp, nfe, smax, smin)
+            label = "grid (" + ", ".join(f"{v:.4g}" for v in g.tolist()) + ")"
         val = float(_objective(errors(solver_on(g), x_calibration, ref_c), objective))
-        tried[sp] = val
+        tried[label] = val
         if best is None or val < best[0]:
-            best = (val, sp, g)
+            best = (val, label, g)
     if best is None:
         raise GridError(f"none of the spacings {spacings} gives a full-range grid of {nfe} steps on this schedule.")
     _, init_spacing, g0 = best

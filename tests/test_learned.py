@@ -390,9 +390,15 @@ def test_benchmark_configurations_per_nfe():
         for nfe in low_nfe.NFES:
             configs = low_nfe.configs_for(name, nfe)
             want = [c for c in low_nfe.LEARN[name] if nfe in c.get("nfes", low_nfe.NFES)]
-            assert len(configs) == len(want) and all("nfes" not in c for c in configs)
+            assert len(configs) == len(want) and all("nfes" not in c and "objectives" not in c for c in configs)
     assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 5)] == [2, 2, 4]
-    assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 10)] == [2, 2]
+    assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 10, "log")] == [2, 2]
+    starts = [c.get("start") for c in low_nfe.configs_for("digits", 10, "mse")]
+    assert starts == [None, None, (0.1, 1.5), (0.05, 1.0), (0.15, 1.25)]
+    grid = low_nfe.log_warped_grid(157.0, 0.05, 1.0, 10)
+    assert len(grid) == 11 and grid[0] == 157.0 and grid[-1] == 0.0 and abs(grid[-2] - 0.05) < 1e-12
+    ratios = [a / b for a, b in zip(grid[:-2], grid[1:-1])]
+    assert max(ratios) - min(ratios) < 1e-9  # power 1: log-uniform
     assert [c.get("history", 2) for c in low_nfe.configs_for("digits", 20)] == [2, 2, 4]
 
 
@@ -449,3 +455,29 @@ def test_init_must_match(ring, fitted):
     other = gmm_ring(radius=3.0).model(flowode.DiscreteVPSchedule.linear())
     with pytest.raises(ModelMismatchError, match="`init` was fitted to another model"):
         learn_solver(other, xc, xv, 4, iters=1, init=fitted)
+
+
+def test_explicit_start_grid(ring):
+    """``spacing_init`` takes an explicit grid: the built-in ``logsnr`` grid given as numbers is the same
+    start (same base errors, same fit) as the name, and it is labelled by its levels."""
+    xc, xv = _prior(ring, 32, 1), _prior(ring, 32, 2)
+    grid = flowode.sigma_grid(ring.schedule, 4, "logsnr")
+    by_name = learn_solver(ring, xc, xv, 4, iters=2, val_every=1, spacing_init="logsnr")
+    for given in (grid, grid.tolist(), [grid.tolist()]):
+        by_grid = learn_solver(ring, xc, xv, 4, iters=2, val_every=1, spacing_init=given)
+        assert by_grid.spec.errors == by_name.spec.errors and by_grid.spec.sigmas == by_name.spec.sigmas
+        assert by_grid.spec.meta["init_spacing"].startswith("grid (")
+    both = learn_solver(ring, xc, xv, 4, iters=1, val_every=1, spacing_init=["karras", grid])
+    assert set(both.spec.meta["init_objectives"]) == {"karras", by_grid.spec.meta["init_spacing"]}
+
+
+@pytest.mark.parametrize("bad", ["short", "top", "order", "end", "floor"])
+def test_explicit_start_grid_refused(ring, bad):
+    """A start grid that is not ``nfe + 1`` decreasing levels from ``sigma_max`` to 0 (the last nonzero
+    one at least ``sigma_min``) is an error naming ``spacing_init`` and the rule."""
+    xc, xv = _prior(ring, 8, 1), _prior(ring, 8, 2)
+    g = flowode.sigma_grid(ring.schedule, 4, "logsnr").tolist()
+    grid = {"short": g[1:], "top": [g[0] * 0.9] + g[1:], "order": [g[0], g[2], g[1], g[3], 0.0],
+            "end": g[:-1] + [g[-2] / 2], "floor": g[:-2] + [ring.schedule.sigma_min / 2, 0.0]}[bad]
+    with pytest.raises(ValueError, match=r"`spacing_init` grid .* strictly decreasing levels from sigma_max"):
+        learn_solver(ring, xc, xv, 4, iters=1, spacing_init=grid)
