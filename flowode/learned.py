@@ -580,7 +580,7 @@ def load_learned(path: Union[str, os.PathLike], *, check_model: bool = True) -> 
 # ------------------------------------------------------------------------------------------ fitting
 def _is_start(v: Any) -> bool:
     """One start of the fit (a spacing name or an explicit grid) rather than a list of them."""
-    return isinstance(v, (str, Tensor)) or (isinstance(v, (list, tuple)) and len(v) > 0
+    return isinstance(v, (str, Tensor, np.ndarray)) or (isinstance(v, (list, tuple)) and len(v) > 0
                                             and all(isinstance(e, (int, float)) for e in v))
 
 

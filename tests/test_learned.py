@@ -463,7 +463,7 @@ def test_explicit_start_grid(ring):
     xc, xv = _prior(ring, 32, 1), _prior(ring, 32, 2)
     grid = flowode.sigma_grid(ring.schedule, 4, "logsnr")
     by_name = learn_solver(ring, xc, xv, 4, iters=2, val_every=1, spacing_init="logsnr")
-    for given in (grid, grid.tolist(), [grid.tolist()]):
+    for given in (grid, grid.tolist(), grid.numpy(), [grid.tolist()]):
         by_grid = learn_solver(ring, xc, xv, 4, iters=2, val_every=1, spacing_init=given)
         assert by_grid.spec.errors == by_name.spec.errors and by_grid.spec.sigmas == by_name.spec.sigmas
         assert by_grid.spec.meta["init_spacing"].startswith("grid (")
