@@ -680,7 +680,7 @@ def learn_solver(
         ValueError: bad budget, options, batches (shape, shared start states) or references.
     """
     from .analytic import reference_solve
-    from .grids import GridError, sigma_grid
+    from .grids import SPACINGS, GridError, sigma_grid
     from .models import EpsilonModel
 
     if not isinstance(model, EpsilonModel):
@@ -776,6 +776,9 @@ def learn_solver(
         best = (math.nan, f"init ({init.path or 'a LearnedSolver'})", init.sigmas.to(torch.float64))
     for sp in spacings:
         if isinstance(sp, str):
+            if sp not in SPACINGS:
+                raise ValueError(f"`spacing_init` {sp!r} is not a spacing; give one of {', '.join(SPACINGS)} or an "
+                                 "explicit grid.")
             try:
                 g = sigma_grid(sched, nfe, sp)
             except (GridError, ValueError):

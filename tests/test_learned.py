@@ -481,3 +481,10 @@ def test_explicit_start_grid_refused(ring, bad):
             "end": g[:-1] + [g[-2] / 2], "floor": g[:-2] + [ring.schedule.sigma_min / 2, 0.0]}[bad]
     with pytest.raises(ValueError, match=r"`spacing_init` grid .* strictly decreasing levels from sigma_max"):
         learn_solver(ring, xc, xv, 4, iters=1, spacing_init=grid)
+
+
+def test_unknown_start_spacing_refused(ring):
+    """An unknown spacing name in ``spacing_init`` is an error naming it (it was skipped silently)."""
+    xc, xv = _prior(ring, 8, 1), _prior(ring, 8, 2)
+    with pytest.raises(ValueError, match="`spacing_init` 'logsnrr' is not a spacing; give one of"):
+        learn_solver(ring, xc, xv, 4, iters=1, spacing_init=["logsnr", "logsnrr"])
