@@ -419,10 +419,6 @@ def main() -> None:
     ap.add_argument("--problems", default=",".join(HEADLINE), help="problems (others than the two: development runs, "
                                                                    "no section written)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    os.makedirs(OUT, exist_ok=True)
-    os.makedirs(LEARNED, exist_ok=True)
-    t_start = time.time()
     if args.learn_nfes is not None and not args.learn:
         ap.error(f"--learn-nfes {args.learn_nfes!r} refits artefacts and needs --learn; add --learn, or drop "
                  "--learn-nfes to read the shipped artefacts")
@@ -433,6 +429,10 @@ def main() -> None:
         ap.error(f"--learn-nfes {args.learn_nfes!r}: give a comma-separated subset of {','.join(map(str, NFES))}")
     if not set(refit) <= set(NFES):
         ap.error(f"--learn-nfes {args.learn_nfes!r}: the table's NFEs are {','.join(map(str, NFES))}; give a subset")
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(LEARNED, exist_ok=True)
+    t_start = time.time()
     notes, parts = [], []
     for name in args.problems.split(","):
         t0 = time.time()
